@@ -1,0 +1,152 @@
+"""LightningDataModule serving video clips from manifests, or from the synthetic set."""
+
+from pathlib import Path
+from typing import TypedDict
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from data.sampler import EpochShuffleSampler
+from data.synthetic import ensure_synthetic_dataset
+from data.video_dataset import VideoClipDataset, VideoSample, validate_clip_args
+
+SYNTHETIC_MIN_FRAMES = 24
+
+
+class VideoBatch(TypedDict):
+    video: torch.Tensor  # float32 [B, C=3, T, H, W] in [-1, 1]
+    caption: list[str]
+    index: torch.Tensor  # long [B], manifest rows
+
+
+def collate_videos(samples: list[VideoSample]) -> VideoBatch:
+    """Stack :class:`VideoSample` items into a :class:`VideoBatch`."""
+    return {
+        "video": torch.stack([s["video"] for s in samples]),
+        "caption": [s["caption"] for s in samples],
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+    }
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Train/val loaders of fixed-length video clips.
+
+    With both manifests left as None, a synthetic "moving shapes" set is generated (once) under
+    ``synthetic_root`` in :meth:`prepare_data` and used for both splits.
+
+    Args:
+        train_manifest: CSV or JSONL manifest of training clips (fields ``path``, ``caption``).
+            Give both manifests or neither.
+        val_manifest: manifest of validation clips, same format.
+        synthetic_root: cache folder of the synthetic set, used when the manifests are None. Its
+            clips have max(24, (num_frames - 1) * frame_stride + 1) frames of 64x64 pixels;
+            asking for longer clips regenerates the cache.
+        synthetic_num_clips: number of synthetic clips (train + val), >= 8. The content does not
+            depend on ``seed``, so changing the seed never regenerates the cache.
+        num_frames: frames per clip T, >= 1.
+        frame_stride: step between sampled source frames, >= 1.
+        resolution: output (height, width) of every frame.
+        batch_size: clips per batch B, >= 1.
+        num_workers: DataLoader worker processes, >= 0 (0 decodes in the main process).
+        seed: non-negative seed for clip start frames and the training order; the order of
+            epoch ``e`` depends only on (seed, e). Under DDP Lightning replaces the sampler with
+            a DistributedSampler seeded by ``seed_everything`` instead.
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
+        synthetic_root: str = "~/.cache/vmoba/synthetic",
+        synthetic_num_clips: int = 256,
+        num_frames: int = 8,
+        frame_stride: int = 1,
+        resolution: tuple[int, int] = (32, 32),
+        batch_size: int = 2,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if (train_manifest is None) != (val_manifest is None):
+            raise ValueError(
+                "train_manifest and val_manifest must both be set or both be None (synthetic "
+                f"data), got train_manifest={train_manifest!r} val_manifest={val_manifest!r}"
+            )
+        validate_clip_args(num_frames, frame_stride, resolution)
+        if synthetic_num_clips < 8:
+            raise ValueError(f"synthetic_num_clips must be >= 8, got {synthetic_num_clips}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.save_hyperparameters()
+        self.train_manifest = train_manifest
+        self.val_manifest = val_manifest
+        self.synthetic_root = synthetic_root
+        self.synthetic_num_clips = synthetic_num_clips
+        self.num_frames = num_frames
+        self.frame_stride = frame_stride
+        self.resolution = tuple(resolution)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_dataset: VideoClipDataset | None = None
+        self.val_dataset: VideoClipDataset | None = None
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic set if it is used (Lightning runs this on one process per node)."""
+        self._manifests()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build both datasets; cheap, as videos are only opened when accessed."""
+        train, val = self._manifests()
+        self.train_dataset = self._dataset(train)
+        self.val_dataset = self._dataset(val)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require(self.train_dataset)
+        return self._loader(dataset, EpochShuffleSampler(dataset, seed=self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.val_dataset), sampler=None)
+
+    def _manifests(self) -> tuple[str | Path, str | Path]:
+        if self.train_manifest is not None:
+            return self.train_manifest, self.val_manifest
+        # Returns at once once generated, so setup() on every rank may call it after prepare_data.
+        span = (self.num_frames - 1) * self.frame_stride + 1
+        manifests = ensure_synthetic_dataset(
+            self.synthetic_root,
+            num_clips=self.synthetic_num_clips,
+            num_frames=max(SYNTHETIC_MIN_FRAMES, span),
+        )
+        return manifests.train, manifests.val
+
+    def _dataset(self, manifest: str | Path) -> VideoClipDataset:
+        return VideoClipDataset(
+            manifest,
+            num_frames=self.num_frames,
+            frame_stride=self.frame_stride,
+            resolution=self.resolution,
+            seed=self.seed,
+        )
+
+    def _loader(self, dataset: VideoClipDataset, sampler: EpochShuffleSampler | None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_videos,
+            # Workers then keep their record of bad files across epochs, so each warns once.
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @staticmethod
+    def _require(dataset: VideoClipDataset | None) -> VideoClipDataset:
+        if dataset is None:
+            raise RuntimeError("call setup() before requesting dataloaders")
+        return dataset

@@ -1,0 +1,138 @@
+"""Map-style dataset of fixed-length clips decoded with decord from a manifest."""
+
+import operator
+import warnings
+from pathlib import Path
+from typing import TypedDict
+
+import decord
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.manifest import read_manifest
+from data.transforms import resize_center_crop
+
+
+class BadVideoWarning(UserWarning):
+    """A manifest entry could not be decoded into a clip and is skipped."""
+
+
+class VideoSample(TypedDict):
+    video: torch.Tensor  # float32 [C=3, T, H, W] in [-1, 1]
+    caption: str
+    index: int  # manifest row the sample came from (may differ from the requested index)
+
+
+class _BadVideo(Exception):
+    """Internal: the file at hand is unusable; the message is the reason."""
+
+
+def validate_clip_args(
+    num_frames: int, frame_stride: int, resolution: tuple[int, int] | list[int]
+) -> None:
+    """Raise ValueError naming the argument if a clip-shape argument is out of range."""
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    if not isinstance(frame_stride, int) or frame_stride < 1:
+        raise ValueError(f"frame_stride must be an int >= 1, got {frame_stride!r}")
+    if (
+        not isinstance(resolution, (tuple, list))
+        or len(resolution) != 2
+        or not all(isinstance(side, int) and side >= 1 for side in resolution)
+    ):
+        raise ValueError(
+            f"resolution must be (height, width) with two positive ints, got {resolution!r}"
+        )
+
+
+class VideoClipDataset(Dataset[VideoSample]):
+    """Clips of ``num_frames`` frames, ``frame_stride`` apart, resized and centre-cropped.
+
+    Item ``i`` starts at a frame drawn from a generator seeded with ``(seed, i)``, so the same
+    (seed, index) always yields the same sample. Files are checked lazily: a missing,
+    undecodable or too-short file triggers one :class:`BadVideoWarning`, is remembered in
+    :attr:`skipped`, and the next usable entry (scanning forward, wrapping around) is returned
+    instead. The record is per process: each DataLoader worker keeps (and warns from) its own.
+
+    Args:
+        manifest: ``.csv`` (header with ``path,caption``) or ``.jsonl`` (objects with ``path``
+            and ``caption``); relative paths are relative to the manifest's folder.
+        num_frames: frames per clip T, >= 1.
+        frame_stride: step between sampled frames, >= 1; a clip spans
+            ``(num_frames - 1) * frame_stride + 1`` source frames.
+        resolution: output (height, width), positive.
+        seed: non-negative seed for the clip start frames.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        num_frames: int,
+        frame_stride: int = 1,
+        resolution: tuple[int, int] = (32, 32),
+        seed: int = 0,
+    ) -> None:
+        validate_clip_args(num_frames, frame_stride, resolution)
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        self.manifest = Path(manifest)
+        self.entries = read_manifest(manifest)
+        self.num_frames = num_frames
+        self.frame_stride = frame_stride
+        self.resolution = tuple(resolution)
+        self.seed = seed
+        self._span = (num_frames - 1) * frame_stride + 1
+        self._bad: dict[Path, str] = {}  # path -> reason
+
+    @property
+    def skipped(self) -> list[Path]:
+        """Sorted paths of the unusable files met so far in this process."""
+        return sorted(self._bad)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> VideoSample:
+        index = operator.index(index)
+        count = len(self.entries)
+        if not 0 <= index < count:
+            raise IndexError(f"index {index} out of range for {count} entries")
+        for offset in range(count):
+            row = (index + offset) % count
+            entry = self.entries[row]
+            if entry.path in self._bad:
+                continue
+            try:
+                video = self._load(row, entry.path)
+            except _BadVideo as err:
+                self._bad[entry.path] = str(err)
+                warnings.warn(f"skipping video {entry.path}: {err}", BadVideoWarning, stacklevel=2)
+                continue
+            return {"video": video, "caption": entry.caption, "index": row}
+        raise RuntimeError(
+            f"none of the {count} videos in manifest {self.manifest} is usable for clips of "
+            f"{self._span} frames; see the BadVideoWarning messages for each file"
+        )
+
+    def _load(self, row: int, path: Path) -> torch.Tensor:
+        """Decode the clip of manifest ``row``: float [C, T, H, W] in [-1, 1]."""
+        if not path.is_file():
+            raise _BadVideo("file not found")
+        try:
+            reader = decord.VideoReader(str(path), num_threads=1)
+            total = len(reader)
+            if total < self._span:
+                raise _BadVideo(
+                    f"too short: {total} frames, need {self._span} "
+                    f"(num_frames={self.num_frames}, frame_stride={self.frame_stride})"
+                )
+            start = int(np.random.default_rng([self.seed, row]).integers(total - self._span + 1))
+            indices = list(range(start, start + self._span, self.frame_stride))
+            frames = reader.get_batch(indices).asnumpy()  # uint8 [T, H, W, 3]
+        except (RuntimeError, decord.DECORDError) as err:
+            raise _BadVideo(f"cannot decode ({err})") from err
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, C, H, W]
+        video = resize_center_crop(video, self.resolution) / 127.5 - 1.0
+        # Float rounding in the resize can step a hair outside [-1, 1].
+        return video.clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()

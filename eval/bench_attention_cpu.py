@@ -1,0 +1,79 @@
+"""CPU speed and memory of ``vmoba_attention(backend="auto")``, forward + backward, one layer cycle.
+
+    python -m eval.bench_attention_cpu --out eval/results/attention_cpu.json
+
+Each layer kind runs in a fresh process so that its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from vmoba.attention import kept_density, vmoba_attention, vmoba_selection
+from vmoba.attention.selection import SelectionConfig
+
+GRID = (16, 32, 32)  # S = 16,384
+BLOCKS = {"1d": 2, "2d": (8, 8), "3d": (4, 16, 16)}
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _measure(kind: str, heads: int, dim: int, queue: multiprocessing.Queue) -> None:
+    torch.manual_seed(0)
+    tokens = GRID[0] * GRID[1] * GRID[2]
+    q, k, v = (torch.randn(1, tokens, heads, dim, requires_grad=True) for _ in range(3))
+    config = SelectionConfig()  # the paper's trained setting: threshold + head_global, tau 0.25
+    part, keep = vmoba_selection(q, k, grid=GRID, block=BLOCKS[kind], config=config)
+    rss_before = _peak_rss_gib()
+    start = time.perf_counter()
+    out = vmoba_attention(q, k, v, grid=GRID, block=BLOCKS[kind])
+    forward = time.perf_counter() - start
+    out.backward(torch.randn_like(out))
+    total = time.perf_counter() - start
+    queue.put(dict(
+        tokens=tokens, heads=heads, dim=dim, layer_kind=kind, blocks=part.num_blocks,
+        select=config.select, scope=config.scope, threshold=config.threshold,
+        density=round(kept_density(keep, part).item(), 4),
+        fwd_s=round(forward, 2), fwd_bwd_s=round(total, 2),
+        peak_rss_gib=round(_peak_rss_gib(), 3),
+        peak_rss_increase_gib=round(_peak_rss_gib() - rss_before, 3),
+    ))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("eval/results/attention_cpu.json"))
+    args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    records = []
+    for kind in BLOCKS:
+        queue = context.Queue()
+        proc = context.Process(target=_measure, args=(kind, args.heads, args.dim, queue))
+        proc.start()
+        record = queue.get()
+        proc.join()
+        record.update(
+            threads=torch.get_num_threads(), machine=platform.processor() or platform.machine(),
+            torch=torch.__version__, date=datetime.date.today().isoformat(),
+        )
+        records.append(record)
+        print(json.dumps(record))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(records, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

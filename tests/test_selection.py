@@ -1,0 +1,53 @@
+import pytest
+import torch
+from helpers import random_qkv
+from naive_vmoba import naive_block_of, naive_blocks, naive_keep
+
+from vmoba.attention import (
+    SelectionConfig,
+    block_gates,
+    block_partition,
+    kept_density,
+    select_blocks,
+)
+
+MODES = [
+    ("topk", "query_head", 0.25, 2),
+    ("topk", "query_head", 0.25, 4),
+    ("topk", "head_global", 0.25, 2),
+    ("topk", "overall", 0.25, 3),
+    ("threshold", "query_head", 0.25, None),
+    ("threshold", "head_global", 0.25, None),
+    ("threshold", "head_global", 0.6, None),
+    ("threshold", "block", 0.25, None),
+    ("threshold", "overall", 0.25, None),
+]
+GRIDS = [(6, 6, 8), (5, 7, 6)]
+BLOCKS = [2, (3, 4), (2, 3, 4)]
+
+
+@pytest.mark.parametrize("select,scope,threshold,topk", MODES)
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_selection_matches_naive(select, scope, threshold, topk, grid, block):
+    tokens = grid[0] * grid[1] * grid[2]
+    q, k, _ = random_qkv(2, tokens, 3, 16, seed=11, grad=False)
+    part = block_partition(grid, block)
+    gates = block_gates(q, k, part)
+    config = SelectionConfig(select, scope, threshold, topk)
+    keep = select_blocks(gates, part, config)
+    blocks = naive_blocks(grid, block)
+    expected = naive_keep(gates, naive_block_of(blocks), select, scope, threshold, topk)
+    assert torch.equal(keep, expected)
+    sizes = torch.tensor([len(b) for b in blocks], dtype=torch.float64)
+    density = (expected.double() * sizes).sum() / (2 * 3 * tokens * tokens)
+    assert kept_density(keep, part).item() == pytest.approx(density.item(), rel=1e-12)
+
+
+def test_topk_head_global_keeps_k_blocks_per_query_on_average():
+    grid, block = (4, 6, 8), (2, 3, 4)
+    q, k, _ = random_qkv(1, 192, 2, 16, seed=5, grad=False)
+    part = block_partition(grid, block)
+    keep = select_blocks(block_gates(q, k, part), part, SelectionConfig("topk", "head_global", topk=3))
+    assert keep.sum(dim=(2, 3)).tolist() == [[3 * 192, 3 * 192]]
+    assert keep.sum(-1).min() >= 1 and keep.sum(-1).max() > 3  # some queries get many blocks

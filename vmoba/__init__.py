@@ -1,0 +1,1 @@
+"""vmoba: Video Mixture of Block Attention for video diffusion transformers."""

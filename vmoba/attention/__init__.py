@@ -1,0 +1,39 @@
+"""VMoBA attention: block partition, gates, selection, and exact backends (reference first)."""
+
+from vmoba.attention.api import vmoba_attention, vmoba_selection
+from vmoba.attention.backends import Backend, backend_names, register_backend, resolve_backend
+from vmoba.attention.gates import block_gates, block_mean_keys
+from vmoba.attention.partition import LAYER_KINDS, BlockPartition, block_partition, layer_kind
+from vmoba.attention.reference import reference_attention
+from vmoba.attention.selection import (
+    SCOPES,
+    SELECTS,
+    SelectionConfig,
+    kept_density,
+    select_blocks,
+    self_block_mask,
+    token_mask,
+)
+
+__all__ = [
+    "LAYER_KINDS",
+    "SCOPES",
+    "SELECTS",
+    "Backend",
+    "BlockPartition",
+    "SelectionConfig",
+    "backend_names",
+    "block_gates",
+    "block_mean_keys",
+    "block_partition",
+    "kept_density",
+    "layer_kind",
+    "reference_attention",
+    "register_backend",
+    "resolve_backend",
+    "select_blocks",
+    "self_block_mask",
+    "token_mask",
+    "vmoba_attention",
+    "vmoba_selection",
+]

@@ -1,0 +1,87 @@
+"""``vmoba_attention``: the public entry point (validation, selection, backend dispatch)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from vmoba.attention.backends import resolve_backend
+from vmoba.attention.gates import block_gates
+from vmoba.attention.partition import BlockPartition, BlockSpec, Grid, block_partition
+from vmoba.attention.selection import Scope, Select, SelectionConfig, select_blocks
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a 4-D tensor [B, S, H, D], got {shape}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{name}.dtype must be one of {FLOAT_DTYPES}, got {x.dtype}")
+    for name, x in (("k", k), ("v", v)):
+        if x.shape != q.shape or x.dtype != q.dtype or x.device != q.device:
+            raise ValueError(
+                f"{name} must match q in shape, dtype and device: q is {tuple(q.shape)} {q.dtype} "
+                f"on {q.device}, {name} is {tuple(x.shape)} {x.dtype} on {x.device}"
+            )
+
+
+def _check_grid(grid: Grid, tokens: int) -> None:
+    product = 1
+    for n in grid:
+        product *= n
+    if product != tokens:
+        raise ValueError(f"grid {tuple(grid)} has {product} tokens but q has S = {tokens}")
+
+
+def vmoba_selection(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    grid: Grid,
+    block: BlockSpec,
+    config: SelectionConfig,
+) -> tuple[BlockPartition, torch.Tensor]:
+    """The partition and keep mask ``[B, H, S, N]`` that :func:`vmoba_attention` attends with."""
+    partition = block_partition(grid, block)
+    _check_grid(partition.grid, q.shape[1])
+    return partition, select_blocks(block_gates(q, k, partition), partition, config)
+
+
+def vmoba_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    grid: Grid,
+    block: BlockSpec,
+    select: Select = "threshold",
+    scope: Scope = "head_global",
+    threshold: float = 0.25,
+    topk: Optional[int] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Video Mixture of Block Attention (docs/attention.md has the exact semantics).
+
+    Args:
+        q, k, v: ``[B, S, H, D]`` float tensors, video tokens in (t, h, w) raster order, RoPE applied.
+        grid: the latent token grid ``(T, Hg, Wg)`` with ``T * Hg * Wg == S``.
+        block: ``ct`` (1D temporal), ``(ch, cw)`` (2D spatial) or ``(ct, ch, cw)`` (3D cuboid).
+        select: ``"topk"`` or ``"threshold"``.
+        scope: ``"query_head"``, ``"head_global"``, ``"block"`` (threshold only) or ``"overall"``.
+        threshold: ``tau`` in ``[0, 1]`` for ``select="threshold"`` (paper: 0.25).
+        topk: blocks per query, self block included, for ``select="topk"``.
+        backend: ``"auto"`` or a registered name (``vmoba.attention.backend_names()``).
+
+    Returns:
+        ``[B, S, H, D]``, same order and dtype as ``q``; differentiable w.r.t. q, k and v (the
+        selection itself carries no gradient).
+    """
+    _check_qkv(q, k, v)
+    config = SelectionConfig(select=select, scope=scope, threshold=threshold, topk=topk)
+    impl = resolve_backend(backend, q.device, q.dtype)
+    partition, keep = vmoba_selection(q, k, grid=grid, block=block, config=config)
+    return impl.attend(q, k, v, keep, partition)

@@ -1,0 +1,88 @@
+"""The one registry of attention backends, chosen by name.
+
+A backend computes masked attention from a block keep mask: ``attend(q, k, v, keep, partition)``
+with ``q, k, v`` ``[B, S, H, D]`` and ``keep`` ``[B, H, S, N]``, returning ``[B, S, H, D]``. Adding a
+backend is one :func:`register_backend` call; ``"auto"`` takes the highest-priority backend that
+supports the device and dtype of the inputs.
+
+=========== ========= ============================================================
+name        priority  when ``auto`` picks it
+=========== ========= ============================================================
+chunked     10        every device and dtype (memory-safe, no S x S tensor)
+reference   0         never (the plain ground truth; memory grows as S^2)
+=========== ========= ============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from vmoba.attention.chunked import chunked_attention
+from vmoba.attention.partition import BlockPartition
+from vmoba.attention.reference import reference_attention
+
+log = logging.getLogger(__name__)
+
+AttendFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, BlockPartition], torch.Tensor
+]
+
+
+def _any_device(device: torch.device, dtype: torch.dtype) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An attention implementation and the inputs it can take.
+
+    Args:
+        name: the name users pass as ``backend=``.
+        attend: the masked attention function (see the module docstring).
+        priority: ``auto`` prefers higher numbers.
+        supports: ``(device, dtype) -> bool``; an explicit choice that does not support the inputs
+            raises instead of being replaced.
+    """
+
+    name: str
+    attend: AttendFn
+    priority: int
+    supports: Callable[[torch.device, torch.dtype], bool] = _any_device
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add ``backend`` to the registry (a name can be registered once)."""
+    if backend.name in _BACKENDS or backend.name == "auto":
+        raise ValueError(f"backend name {backend.name!r} is taken")
+    _BACKENDS[backend.name] = backend
+
+
+def backend_names() -> tuple[str, ...]:
+    """Names accepted as ``backend=``, ``"auto"`` first."""
+    return ("auto", *sorted(_BACKENDS))
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
+    """The backend called ``name``, or for ``"auto"`` the best one for ``device`` and ``dtype``."""
+    if name == "auto":
+        usable = [b for b in _BACKENDS.values() if b.supports(device, dtype)]
+        choice = max(usable, key=lambda b: b.priority)
+        log.debug("vmoba backend auto -> %s for %s %s", choice.name, device, dtype)
+        return choice
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {backend_names()}, got {name!r}")
+    backend = _BACKENDS[name]
+    if not backend.supports(device, dtype):
+        raise ValueError(f"backend {name!r} does not support {dtype} tensors on {device}")
+    return backend
+
+
+register_backend(Backend("reference", reference_attention, priority=0))
+register_backend(Backend("chunked", chunked_attention, priority=10))

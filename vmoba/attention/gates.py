@@ -1,0 +1,37 @@
+"""Block gates: how strongly each query is drawn to each block, per head."""
+
+from __future__ import annotations
+
+import torch
+
+from vmoba.attention.partition import BlockPartition
+
+
+def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32: float64 stays float64, every other floating dtype becomes float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def block_mean_keys(k: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
+    """Mean key of every block: ``k`` ``[B, S, H, D]`` -> ``[B, N, H, D]`` in :func:`upcast_dtype`."""
+    batch, _, heads, dim = k.shape
+    index = partition.block_index.to(k.device)
+    sums = k.new_zeros(batch, partition.num_blocks, heads, dim, dtype=upcast_dtype(k.dtype))
+    sums.index_add_(1, index, k.to(sums.dtype))
+    return sums / partition.block_sizes.to(k.device, sums.dtype).view(1, -1, 1, 1)
+
+
+@torch.no_grad()
+def block_gates(q: torch.Tensor, k: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
+    """Gate ``g[b, h, s, j] = q[b, s, h] . mean_k[b, j, h]`` (no 1/sqrt(D) scale, no gradient).
+
+    Args:
+        q, k: ``[B, S, H, D]``.
+        partition: the layer's block partition of the ``S`` tokens into ``N`` blocks.
+
+    Returns:
+        ``[B, H, S, N]`` in float32 (float64 for float64 inputs).
+    """
+    mean_k = block_mean_keys(k, partition)
+    return torch.einsum("bshd,bnhd->bhsn", q.to(mean_k.dtype), mean_k)

@@ -1,0 +1,154 @@
+"""Selection: which (query, block) pairs each query attends to, per sample and head.
+
+Every rule keeps the query's own block (its *self block*) and then the best other entries of a
+*pool* of (head, query, block) gate entries:
+
+- ``topk``: each pool keeps its self entries plus ``(k - 1)`` other entries per self entry, by gate.
+  ``query_head`` pools are one (head, query); ``head_global`` one head; ``overall`` one sample.
+- ``threshold``: gates are min-max normalised inside the pool; the pool keeps the shortest prefix of
+  its other entries, best first, that lifts the kept share of the normalised mass to ``tau``, and
+  always at least one. Pools: ``query_head``, ``head_global``, ``overall`` as above, and ``block``:
+  one block over all (head, query) of a sample.
+
+Pools never span samples, so each sample's selection is independent of the rest of the batch.
+The arithmetic runs in float64 so that ``tau = 1`` keeps everything despite the 1e-6 guards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+from vmoba.attention.partition import BlockPartition
+
+Select = Literal["topk", "threshold"]
+Scope = Literal["query_head", "head_global", "block", "overall"]
+SELECTS: tuple[Select, ...] = ("topk", "threshold")
+SCOPES: tuple[Scope, ...] = ("query_head", "head_global", "block", "overall")
+TOPK_SCOPES: tuple[Scope, ...] = ("query_head", "head_global", "overall")
+
+_RANGE_EPS = 1e-6  # below this max - min, min-max normalisation divides by 1
+_TOTAL_EPS = 1e-6  # added to the pool's total mass, as in the released code
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """A validated selection rule (see the module docstring).
+
+    Args:
+        select: ``"topk"`` or ``"threshold"``.
+        scope: ``"query_head"``, ``"head_global"``, ``"block"`` or ``"overall"`` (top-k: not block).
+        threshold: ``tau`` in ``[0, 1]``, used by ``select="threshold"``.
+        topk: ``k >= 1`` blocks per query, self block included; required by ``select="topk"``.
+    """
+
+    select: Select = "threshold"
+    scope: Scope = "head_global"
+    threshold: float = 0.25
+    topk: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTS:
+            raise ValueError(f"select must be one of {SELECTS}, got {self.select!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.select == "topk":
+            if self.scope not in TOPK_SCOPES:
+                raise ValueError(
+                    f"scope must be one of {TOPK_SCOPES} with select='topk', got {self.scope!r}"
+                )
+            k = self.topk
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise ValueError(f"topk must be an int >= 1 with select='topk', got {k!r}")
+        elif not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
+
+
+def self_block_mask(partition: BlockPartition, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[S, N]`` bool, true where block ``j`` contains query ``s``."""
+    index = partition.block_index.to(device)
+    return index[:, None] == torch.arange(partition.num_blocks, device=device)
+
+
+def _to_pools(x: torch.Tensor, scope: Scope) -> torch.Tensor:
+    """``[B, H, S, N]`` -> ``[pools, entries]`` for the scope."""
+    b, h, s, n = x.shape
+    if scope == "query_head":
+        return x.reshape(b * h * s, n)
+    if scope == "head_global":
+        return x.reshape(b * h, s * n)
+    if scope == "overall":
+        return x.reshape(b, h * s * n)
+    return x.permute(0, 3, 1, 2).reshape(b * n, h * s)
+
+
+def _from_pools(x: torch.Tensor, scope: Scope, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`_to_pools`."""
+    b, h, s, n = shape
+    if scope == "block":
+        return x.reshape(b, n, h, s).permute(0, 2, 3, 1)
+    return x.reshape(b, h, s, n)
+
+
+def _threshold_counts(
+    gates: torch.Tensor, is_self: torch.Tensor, ranked: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """Other entries to keep per pool: the shortest prefix of ``ranked`` reaching ``tau``.
+
+    Args:
+        gates, is_self: ``[P, M]`` pool entries (float64) and their self flags.
+        ranked: ``[P, M]`` gates of the other entries, descending, then ``-inf`` for self entries.
+    """
+    low = gates.amin(-1, keepdim=True)
+    span = gates.amax(-1, keepdim=True) - low
+    span = torch.where(span <= _RANGE_EPS, torch.ones_like(span), span)
+    normed = (gates - low) / span
+    total = normed.sum(-1) + _TOTAL_EPS
+    needed = (tau - (normed * is_self).sum(-1) / total).clamp_min(0.0)
+    others = ~torch.isinf(ranked)
+    share = torch.cumsum(torch.where(others, (ranked - low) / span, 0.0), -1) / total[:, None]
+    short = (share < needed[:, None]) & others  # prefixes that do not reach `needed` yet
+    return short.sum(-1) + 1
+
+
+@torch.no_grad()
+def select_blocks(
+    gates: torch.Tensor, partition: BlockPartition, config: SelectionConfig
+) -> torch.Tensor:
+    """The keep mask of ``config``'s rule.
+
+    Args:
+        gates: ``[B, H, S, N]`` block gates (see :func:`vmoba.attention.gates.block_gates`).
+        partition: the partition the gates were computed for.
+        config: the selection rule.
+
+    Returns:
+        ``[B, H, S, N]`` bool: query ``s`` of head ``h`` in sample ``b`` attends block ``j``.
+    """
+    shape = gates.shape
+    is_self = _to_pools(self_block_mask(partition, gates.device).expand(shape), config.scope)
+    pools = _to_pools(gates.to(torch.float64), config.scope)
+    ranked, order = pools.masked_fill(is_self, float("-inf")).sort(dim=-1, descending=True, stable=True)
+    num_self = is_self.sum(-1)
+    if config.select == "topk":
+        counts = (config.topk - 1) * num_self
+    else:
+        counts = _threshold_counts(pools, is_self, ranked, float(config.threshold))
+    counts = torch.minimum(counts, is_self.shape[-1] - num_self)
+    ranks = torch.arange(is_self.shape[-1], device=gates.device)
+    chosen = torch.zeros_like(is_self).scatter_(-1, order, ranks < counts[:, None])
+    return _from_pools(chosen | is_self, config.scope, shape)
+
+
+def token_mask(keep: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
+    """Expand a block keep mask ``[B, H, S, N]`` to a token mask ``[B, H, S, S]`` (query, key)."""
+    return keep[..., partition.block_index.to(keep.device)]
+
+
+def kept_density(keep: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
+    """Fraction of (query, key) pairs attended, over all samples and heads (0-dim float64)."""
+    sizes = partition.block_sizes.to(keep.device, torch.float64)
+    b, h, s, _ = keep.shape
+    return (keep.to(torch.float64) @ sizes).sum() / (b * h * s * s)
