@@ -1,5 +1,6 @@
 """LightningDataModule serving video clips from manifests, or from the synthetic set."""
 
+import math
 from pathlib import Path
 from typing import TypedDict
 
@@ -108,7 +109,22 @@ class VideoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._require(self.train_dataset)
-        return self._loader(dataset, EpochShuffleSampler(dataset, seed=self.seed))
+        sampler = EpochShuffleSampler(dataset, seed=self.seed)
+        sampler.skip_next(self._batches_done_in_epoch(len(dataset)) * self.batch_size)
+        return self._loader(dataset, sampler)
+
+    def _batches_done_in_epoch(self, num_samples: int) -> int:
+        """Batches of the current epoch a restored single-device run already trained on.
+
+        Derived from the restored step and epoch: Lightning's own batch counter lags by one when
+        the checkpoint was written in ``on_train_batch_end``. Under DDP Lightning replaces the
+        sampler, and a mid-epoch resume restarts that epoch's order.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size > 1:
+            return 0
+        per_epoch = math.ceil(num_samples / self.batch_size)
+        return max(0, trainer.global_step * trainer.accumulate_grad_batches - trainer.current_epoch * per_epoch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_dataset), sampler=None)

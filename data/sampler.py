@@ -19,10 +19,16 @@ class EpochShuffleSampler(RandomSampler):
         super().__init__(data_source)
         self.seed = seed
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def skip_next(self, count: int) -> None:
+        """Start the next iteration ``count`` samples in (resuming inside an epoch)."""
+        self._skip = count
+
     def __iter__(self) -> Iterator[int]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data_source))
-        return iter(order.tolist())
+        skip, self._skip = self._skip, 0
+        return iter(order[skip:].tolist())

@@ -1,14 +1,15 @@
-"""CPU speed and memory of ``vmoba_attention(backend="auto")``, forward + backward, one layer cycle.
+"""CPU speed and memory of the CPU backends, forward + backward, for each layer kind.
 
     python -m eval.bench_attention_cpu --out eval/results/attention_cpu.json
 
-Each layer kind runs in a fresh process so that its peak resident memory is its own.
+Each (backend, layer kind) runs in a fresh process so that its peak resident memory is its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import multiprocessing
 import platform
@@ -29,7 +30,7 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def _measure(kind: str, heads: int, dim: int, queue: multiprocessing.Queue) -> None:
+def _measure(backend: str, kind: str, heads: int, dim: int, queue: multiprocessing.Queue) -> None:
     torch.manual_seed(0)
     tokens = GRID[0] * GRID[1] * GRID[2]
     q, k, v = (torch.randn(1, tokens, heads, dim, requires_grad=True) for _ in range(3))
@@ -37,12 +38,12 @@ def _measure(kind: str, heads: int, dim: int, queue: multiprocessing.Queue) -> N
     part, keep = vmoba_selection(q, k, grid=GRID, block=BLOCKS[kind], config=config)
     rss_before = _peak_rss_gib()
     start = time.perf_counter()
-    out = vmoba_attention(q, k, v, grid=GRID, block=BLOCKS[kind])
+    out = vmoba_attention(q, k, v, grid=GRID, block=BLOCKS[kind], backend=backend)
     forward = time.perf_counter() - start
     out.backward(torch.randn_like(out))
     total = time.perf_counter() - start
     queue.put(dict(
-        tokens=tokens, heads=heads, dim=dim, layer_kind=kind, blocks=part.num_blocks,
+        backend=backend, tokens=tokens, heads=heads, dim=dim, layer_kind=kind, blocks=part.num_blocks,
         select=config.select, scope=config.scope, threshold=config.threshold,
         density=round(kept_density(keep, part).item(), 4),
         fwd_s=round(forward, 2), fwd_bwd_s=round(total, 2),
@@ -53,15 +54,16 @@ def _measure(kind: str, heads: int, dim: int, queue: multiprocessing.Queue) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["gathered", "chunked"])
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("eval/results/attention_cpu.json"))
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     records = []
-    for kind in BLOCKS:
+    for backend, kind in itertools.product(args.backends, BLOCKS):
         queue = context.Queue()
-        proc = context.Process(target=_measure, args=(kind, args.heads, args.dim, queue))
+        proc = context.Process(target=_measure, args=(backend, kind, args.heads, args.dim, queue))
         proc.start()
         record = queue.get()
         proc.join()

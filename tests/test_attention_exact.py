@@ -28,7 +28,7 @@ MODES = [
 GRIDS = {"even": (6, 6, 8), "ragged": (5, 7, 6)}
 BLOCKS = {"1d": 2, "2d": (3, 4), "3d": (2, 3, 4)}
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
-BACKENDS = ("reference", "chunked")
+BACKENDS = ("reference", "chunked", "gathered")
 
 
 @pytest.mark.usefixtures("small_chunks")

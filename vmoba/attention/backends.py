@@ -8,7 +8,8 @@ supports the device and dtype of the inputs.
 =========== ========= ============================================================
 name        priority  when ``auto`` picks it
 =========== ========= ============================================================
-chunked     10        every device and dtype (memory-safe, no S x S tensor)
+gathered    20        CPU tensors (work and memory scale with the kept density)
+chunked     10        other devices (memory-safe dense-masked chunks, no S x S tensor)
 reference   0         never (the plain ground truth; memory grows as S^2)
 =========== ========= ============================================================
 """
@@ -22,6 +23,7 @@ from typing import Callable
 import torch
 
 from vmoba.attention.chunked import chunked_attention
+from vmoba.attention.gathered import gathered_attention
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.reference import reference_attention
 
@@ -84,5 +86,10 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Back
     return backend
 
 
+def _cpu(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu"
+
+
 register_backend(Backend("reference", reference_attention, priority=0))
 register_backend(Backend("chunked", chunked_attention, priority=10))
+register_backend(Backend("gathered", gathered_attention, priority=20, supports=_cpu))

@@ -1,0 +1,148 @@
+"""The training entry point: CLI fit end to end, resume, bad data, configs, flow matching."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from data.synthetic import ensure_synthetic_dataset
+from vmoba.cli import VMoBACLI
+from vmoba.flow_matching import shift_timesteps
+from vmoba.model import VideoDiT, VMoBASettings, load_transformer
+from vmoba.sampling import sample_videos
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "tests" / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic_dataset(root, num_clips=16, num_frames=24)
+    return root
+
+
+def _args(run_dir: Path, synthetic_root: Path, *extra: str) -> list[str]:
+    return [f"--config={TINY}", f"--trainer.default_root_dir={run_dir}",
+            f"--data.synthetic_root={synthetic_root}", *extra]
+
+
+def _fit(run_dir, synthetic_root, *extra, callbacks=(), ckpt_path=None):
+    cli = VMoBACLI(args=_args(run_dir, synthetic_root, *extra), run=False)
+    cli.trainer.callbacks.extend(callbacks)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+class BatchOrder(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.global_step, batch["index"].tolist()))
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAtStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Crash
+
+
+def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "main.py", "fit", *_args(run_dir, synthetic_root)]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    samples = list((run_dir / "samples").glob("*.mp4"))
+    assert len(samples) == 2 and all(p.stat().st_size > 0 for p in samples)  # 2 validations
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 12 and metrics["attention"] == "vmoba"
+    assert metrics["val_loss_end"] < metrics["val_loss_start"]
+    assert set(metrics["density"]) == {"1d", "2d", "3d"}
+    assert all(0 < d < 1 for d in metrics["density"].values())
+    assert metrics["tokens_per_s"] > 0 and metrics["skipped_videos"] == {"train": 0, "val": 0}
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert {"train/loss", "val/loss", "train/density_2d", "train/tokens_per_s"} <= set(header.split(","))
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, synthetic_root):
+    straight = BatchOrder()
+    expected = _fit(tmp_path / "a", synthetic_root, "--model.num_samples=0", callbacks=[straight])
+    with pytest.raises(Crash):  # checkpoints at steps 5 and 10; crash in step 8 (epoch 1)
+        _fit(tmp_path / "b", synthetic_root, "--model.num_samples=0", callbacks=[CrashAtStep(8)])
+    resumed = BatchOrder()
+    result = _fit(tmp_path / "b", synthetic_root, "--model.num_samples=0", callbacks=[resumed], ckpt_path="last")
+    assert resumed.seen[0][0] == 5  # restarted from the step-5 checkpoint, mid-epoch 0
+    assert resumed.seen == straight.seen[5:]  # the same batches in the same order
+    assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+    assert result["val_loss_end"] == pytest.approx(expected["val_loss_end"], rel=1e-5)
+
+
+def test_full_attention_baseline_from_the_same_config(tmp_path, synthetic_root):
+    metrics = _fit(tmp_path / "full", synthetic_root, "--model.attention.attention=full",
+                   "--model.num_samples=0", "--trainer.max_steps=3")
+    assert metrics["attention"] == "full" and metrics["density"] == {}
+
+
+def _manifest(path: Path, rows: list[tuple[str, str]]) -> str:
+    path.write_text("".join(json.dumps({"path": p, "caption": c}) + "\n" for p, c in rows))
+    return str(path)
+
+
+def test_bad_videos_are_skipped_and_counted(tmp_path, synthetic_root):
+    good = [json.loads(line) for line in (synthetic_root / "train.jsonl").read_text().splitlines()]
+    good_rows = [(str(synthetic_root / g["path"]), g["caption"]) for g in good[:8]]
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00not a video" * 100)
+    bad_rows = [(str(tmp_path / "missing.mp4"), "gone"), (str(tmp_path / "corrupt.mp4"), "noise")]
+    train = _manifest(tmp_path / "train.jsonl", good_rows[:4] + bad_rows + good_rows[4:])
+    val = _manifest(tmp_path / "val.jsonl", good_rows[:2])
+    metrics = _fit(tmp_path / "run", synthetic_root, f"--data.train_manifest={train}",
+                   f"--data.val_manifest={val}", "--model.num_samples=0", "--trainer.max_steps=6",
+                   "--trainer.val_check_interval=3")
+    assert metrics["global_step"] == 6
+    assert metrics["skipped_videos"] == {"train": 2, "val": 0}
+
+    all_bad = _manifest(tmp_path / "bad.jsonl", bad_rows)
+    with pytest.raises(RuntimeError, match="none of the 2 videos in manifest .* is usable"):
+        _fit(tmp_path / "bad", synthetic_root, f"--data.train_manifest={all_bad}",
+             f"--data.val_manifest={all_bad}", "--model.num_samples=0")
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_parses_and_builds(config):
+    cli = VMoBACLI(args=[f"--config={config}", "--trainer.logger=false"], run=False)
+    assert isinstance(cli.model.dit, VideoDiT)
+    assert cli.trainer.precision == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+
+
+def test_shifted_timesteps():
+    u = torch.linspace(0, 1, 11)
+    t = shift_timesteps(u, 3.0)
+    assert t[0] == 0 and t[-1] == 1 and (t[1:-1] > u[1:-1]).all()  # shift > 1 favours noise
+    assert torch.equal(shift_timesteps(u, 1.0), u)
+
+
+def test_sampling_runs_dense_for_the_first_quarter_of_steps():
+    torch.manual_seed(0)
+    dit = VideoDiT(load_transformer(), VMoBASettings())
+    modes = []
+    original = dit.forward
+    dit.forward = lambda *a: (modes.append(dit.processors[0].dense), original(*a))[1]
+    text = torch.randn(2, 8, 64)
+    videos = sample_videos(dit, text, torch.zeros(1, 8, 64), (3, 4, 16, 16), steps=8,
+                           generator=torch.Generator().manual_seed(0))
+    assert modes == [True, True] + [False] * 6
+    assert videos.shape == (2, 3, 4, 16, 16) and videos.abs().max() <= 1

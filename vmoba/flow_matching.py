@@ -1,0 +1,220 @@
+"""The LightningModule: Wan-style flow matching of a VMoBA video DiT."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+
+from data.video_io import write_mp4
+from vmoba.model import VideoDiT, VMoBASettings, load_transformer
+from vmoba.sampling import sample_videos
+from vmoba.text import TextEncoder
+
+
+def shift_timesteps(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan's timestep shift ``t = s u / (1 + (s - 1) u)`` of uniform ``u`` in [0, 1]."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def step_generator(device: torch.device, *keys: int) -> torch.Generator:
+    """A generator seeded from ``keys``, so each step's noise survives resuming from a checkpoint."""
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """``[C, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, C]``."""
+    return ((video.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).cpu().numpy()
+
+
+class VMoBAFlowMatching(L.LightningModule):
+    """Trains a text-to-video Wan transformer with VMoBA self-attention by flow matching.
+
+    ``x_t = (1 - t) x_0 + t * noise``, the model predicts ``noise - x_0`` at timestep ``1000 t``,
+    with ``t`` drawn uniformly and shifted (``flow_shift``). The default is a tiny pixel-space
+    model (no VAE) that trains on a CPU.
+
+    Args:
+        transformer: ``WanTransformer3DModel`` constructor arguments (None: a tiny 3-layer model
+            over RGB pixels). Ignored when ``pretrained_path`` is set.
+        pretrained_path: local diffusers directory of a Wan transformer (or its pipeline) to load.
+        attention: VMoBA settings (``attention.attention: full`` trains the dense baseline).
+        text_encoder_path: local UMT5 encoder + tokenizer (a Wan pipeline folder); None uses a
+            seeded random T5 encoder over ByT5 bytes, needing no downloads.
+        text_max_length: tokens per caption.
+        lr: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear learning-rate warmup, in optimizer steps.
+        flow_shift: timestep shift for training and sampling (Wan: 3.0 at 480p, 5.0 at 720p).
+        caption_dropout: probability of training on the empty caption (for guidance).
+        gradient_checkpointing: recompute each transformer block in the backward pass.
+        sample_steps: denoising steps of the videos sampled after each validation.
+        guidance_scale: classifier-free guidance scale of those samples.
+        dense_fraction: share of the first denoising steps with dense attention (paper: 0.25).
+        num_samples: videos sampled after each validation (0 disables sampling).
+        sample_fps: frame rate of the saved mp4 files.
+        seed: seeds the tiny text encoder, the training noise of every step and the samples.
+    """
+
+    def __init__(
+        self,
+        transformer: Optional[dict[str, Any]] = None,
+        pretrained_path: Optional[str] = None,
+        attention: Optional[VMoBASettings] = None,
+        text_encoder_path: Optional[str] = None,
+        text_max_length: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 20,
+        flow_shift: float = 3.0,
+        caption_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
+        sample_steps: int = 20,
+        guidance_scale: float = 5.0,
+        dense_fraction: float = 0.25,
+        num_samples: int = 2,
+        sample_fps: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.settings = attention or VMoBASettings()
+        self.dit = VideoDiT(load_transformer(transformer, pretrained_path), self.settings)
+        if gradient_checkpointing:
+            self.dit.transformer.enable_gradient_checkpointing()
+        text_dim = self.dit.transformer.config.text_dim
+        if text_encoder_path is None:
+            self.text_encoder = TextEncoder.tiny(dim=text_dim, max_length=text_max_length, seed=seed)
+        else:
+            self.text_encoder = TextEncoder.from_pretrained(text_encoder_path, max_length=text_max_length)
+        if self.text_encoder.out_dim != text_dim:
+            raise ValueError(
+                f"text encoder width {self.text_encoder.out_dim} != transformer text_dim {text_dim}"
+            )
+        self.val_losses: list[torch.Tensor] = []
+        self.val_loss_start: Optional[float] = None
+        self.val_loss_end: Optional[float] = None
+        self.step_seconds: list[float] = []
+        self._step_start = 0.0
+
+    def flow_matching_loss(
+        self, video: torch.Tensor, captions: list[str], generator: torch.Generator, *, dropout: float
+    ) -> torch.Tensor:
+        """MSE between predicted and true velocity for clean ``video`` ``[B, C, T, H, W]``."""
+        batch = video.shape[0]
+        t = shift_timesteps(torch.rand(batch, generator=generator, device=video.device), self.hparams.flow_shift)
+        drop = torch.rand(batch, generator=generator, device=video.device) < dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        noise = torch.randn(video.shape, generator=generator, device=video.device, dtype=video.dtype)
+        t_ = t.view(-1, 1, 1, 1, 1).to(video.dtype)
+        noisy = (1 - t_) * video + t_ * noise
+        velocity = self.dit(noisy, t * 1000, self.text_encoder(captions))
+        return F.mse_loss(velocity.float(), (noise - video).float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        micro = batch_idx % self.trainer.accumulate_grad_batches
+        generator = step_generator(self.device, self.hparams.seed, self.global_step, micro)
+        loss = self.flow_matching_loss(
+            batch["video"], batch["caption"], generator, dropout=self.hparams.caption_dropout
+        )
+        self.log("train/loss", loss, prog_bar=True)
+        for kind, density in self.dit.densities().items():
+            self.log(f"train/density_{kind}", density)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        seconds = time.perf_counter() - self._step_start
+        self.step_seconds.append(seconds)
+        tokens = math.prod(self.dit.latent_grid(batch["video"])) * batch["video"].shape[0]
+        self.log("train/tokens_per_s", tokens / seconds, prog_bar=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        generator = step_generator(self.device, self.hparams.seed, 1_000_000 + batch_idx)
+        loss = self.flow_matching_loss(batch["video"], batch["caption"], generator, dropout=0.0)
+        self.val_losses.append(loss.detach())
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        if batch_idx == 0:
+            self._sample_captions = batch["caption"][: self.hparams.num_samples]
+            self._sample_shape = tuple(batch["video"].shape[1:])
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        mean = torch.stack(self.val_losses).mean().item()
+        self.val_losses.clear()
+        if self.trainer.sanity_checking:
+            self.val_loss_start = mean  # before any training step: the baseline for metrics.json
+            return
+        self.val_loss_end = mean
+        if self.hparams.num_samples > 0 and self.trainer.is_global_zero:
+            self.save_samples(self.run_dir / "samples", f"step{self.global_step:06d}")
+
+    def save_samples(self, folder: Path, prefix: str) -> list[Path]:
+        """Sample videos for the first validation captions and write them as mp4 files."""
+        text = self.text_encoder(self._sample_captions)
+        videos = sample_videos(
+            self.dit, text, self.text_encoder([""]), self._sample_shape,
+            steps=self.hparams.sample_steps, guidance_scale=self.hparams.guidance_scale,
+            flow_shift=self.hparams.flow_shift, dense_fraction=self.hparams.dense_fraction,
+            generator=step_generator(self.device, self.hparams.seed, 2_000_000),
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, (video, caption) in enumerate(zip(videos, self._sample_captions)):
+            paths.append(folder / f"{prefix}_{i}_{caption.replace(' ', '_')[:60]}.mp4")
+            write_mp4(paths[-1], to_uint8_frames(video), fps=self.hparams.sample_fps)
+        return paths
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory: the trainer's log dir (config, logs, checkpoints, samples)."""
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def on_fit_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        steady = self.step_seconds[len(self.step_seconds) // 10:] or self.step_seconds
+        summary = dict(
+            global_step=self.global_step,
+            train_loss=metrics.get("train/loss"),
+            val_loss_start=self.val_loss_start,
+            val_loss_end=self.val_loss_end,
+            density={k: metrics[f"train/density_{k}"] for k in ("1d", "2d", "3d") if f"train/density_{k}" in metrics},
+            attention=self.settings.attention,
+            median_step_s=float(np.median(steady)) if steady else None,
+            tokens_per_s=metrics.get("train/tokens_per_s"),
+            skipped_videos=self._skipped_videos(),
+        )
+        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    def _skipped_videos(self) -> dict[str, int]:
+        """Unreadable or too-short videos each split skipped (main process only)."""
+        datamodule = self.trainer.datamodule
+        splits = {"train": getattr(datamodule, "train_dataset", None), "val": getattr(datamodule, "val_dataset", None)}
+        counts = {name: len(ds.skipped) for name, ds in splits.items() if ds is not None}
+        if any(counts.values()):
+            rank_zero_warn(f"skipped unreadable or too-short videos: {counts} (see the warnings above)")
+        return counts
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.dit.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=self.hparams.betas
+        )
+        warmup = max(1, self.hparams.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
