@@ -129,6 +129,14 @@ class VideoDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_dataset), sampler=None)
 
+    def test_dataloader(self) -> DataLoader:
+        """The validation split (the synthetic set has no separate test split)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Validation clips: their captions prompt the samples, their shape sizes them."""
+        return self.val_dataloader()
+
     def _manifests(self) -> tuple[str | Path, str | Path]:
         if self.train_manifest is not None:
             return self.train_manifest, self.val_manifest

@@ -74,3 +74,14 @@ def test_load_transformer_round_trips_save_pretrained(wan, tmp_path):
     assert torch.equal(loaded(*_inputs(), return_dict=False)[0], wan(*_inputs(), return_dict=False)[0])
     with pytest.raises(FileNotFoundError, match="no Wan transformer"):
         load_transformer(pretrained_path=str(tmp_path / "missing"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(wan):
+    grads = []
+    for checkpointing in (False, True):
+        dit = VideoDiT(copy.deepcopy(wan), VMoBASettings())
+        if checkpointing:
+            dit.transformer.enable_gradient_checkpointing()
+        dit(*_inputs()).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in dit.parameters() if p.grad is not None]))
+    assert rel_error(grads[1], grads[0]) < 1e-6

@@ -43,3 +43,11 @@ def test_layer_kinds_and_cuboid_shapes():
 def test_ragged_edge_block_is_smaller():
     part = block_partition((5, 2, 2), 2)  # frames [0, 2), [2, 4), [4, 5)
     assert part.block_sizes.tolist() == [8, 8, 4]
+
+
+def test_partitions_first_built_in_inference_mode_still_serve_autograd():
+    with torch.inference_mode():
+        part = block_partition((3, 4, 5), (2, 2, 5))
+    assert not part.block_index.is_inference()
+    x = torch.randn(60, requires_grad=True)
+    x[part.perm].sum().backward()  # an inference tensor here would raise

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from data.synthetic import ensure_synthetic_dataset
+from vmoba.checkpoint_io import AtomicCheckpointIO
 from vmoba.cli import VMoBACLI
 from vmoba.flow_matching import shift_timesteps
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
@@ -76,6 +77,26 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     assert metrics["tokens_per_s"] > 0 and metrics["skipped_videos"] == {"train": 0, "val": 0}
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
     assert {"train/loss", "val/loss", "train/density_2d", "train/tokens_per_s"} <= set(header.split(","))
+    assert not list((run_dir / "checkpoints").glob(".*tmp"))  # atomic writes left no temporaries
+
+    ckpt = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    validated = VMoBACLI(args=["validate", *_args(run_dir, synthetic_root), ckpt])
+    tested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt])
+    val_loss = validated.trainer.callback_metrics["val/loss"].item()
+    assert tested.trainer.callback_metrics["test/loss"].item() == pytest.approx(val_loss, rel=1e-6)
+    predicted = VMoBACLI(args=["predict", *_args(run_dir, synthetic_root), ckpt,
+                               "--trainer.limit_predict_batches=1"])
+    assert len(list((run_dir / "predictions").glob("*.mp4"))) == predicted.datamodule.batch_size
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    with pytest.raises(Exception):  # a save that dies half-way (lambdas do not pickle)
+        io.save_checkpoint({"step": 2, "bad": lambda: None}, path)
+    assert io.load_checkpoint(path) == {"step": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, synthetic_root):

@@ -152,6 +152,19 @@ class VMoBAFlowMatching(L.LightningModule):
             self._sample_shape = tuple(batch["video"].shape[1:])
         return loss
 
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Validation's loss on the test loader (same seeded noise), logged as ``test/loss``."""
+        generator = step_generator(self.device, self.hparams.seed, 1_000_000 + batch_idx)
+        loss = self.flow_matching_loss(batch["video"], batch["caption"], generator, dropout=0.0)
+        self.log("test/loss", loss, batch_size=batch["video"].shape[0])
+        return loss
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[Path]:
+        """Sample one video per caption of ``batch``, saved under ``<run dir>/predictions/``."""
+        self._sample_captions = batch["caption"]
+        self._sample_shape = tuple(batch["video"].shape[1:])
+        return self.save_samples(self.run_dir / "predictions", f"batch{batch_idx:04d}")
+
     def on_validation_epoch_end(self) -> None:
         mean = torch.stack(self.val_losses).mean().item()
         self.val_losses.clear()

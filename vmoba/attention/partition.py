@@ -106,6 +106,7 @@ def block_partition(grid: Grid, block: BlockSpec) -> BlockPartition:
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # cached tensors must also serve autograd after a sampling call
 def _cached_partition(grid: Grid, shape: Grid, kind: LayerKind) -> BlockPartition:
     t, h, w = grid
     ct, ch, cw = shape
