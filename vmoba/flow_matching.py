@@ -142,9 +142,13 @@ class VMoBAFlowMatching(L.LightningModule):
         tokens = math.prod(self.dit.latent_grid(batch["video"])) * batch["video"].shape[0]
         self.log("train/tokens_per_s", tokens / seconds, prog_bar=True)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def evaluation_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Loss with noise and timesteps fixed per batch index, comparable across evaluations."""
         generator = step_generator(self.device, self.hparams.seed, 1_000_000 + batch_idx)
-        loss = self.flow_matching_loss(batch["video"], batch["caption"], generator, dropout=0.0)
+        return self.flow_matching_loss(batch["video"], batch["caption"], generator, dropout=0.0)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.evaluation_loss(batch, batch_idx)
         self.val_losses.append(loss.detach())
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
         if batch_idx == 0:
@@ -154,8 +158,7 @@ class VMoBAFlowMatching(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Validation's loss on the test loader (same seeded noise), logged as ``test/loss``."""
-        generator = step_generator(self.device, self.hparams.seed, 1_000_000 + batch_idx)
-        loss = self.flow_matching_loss(batch["video"], batch["caption"], generator, dropout=0.0)
+        loss = self.evaluation_loss(batch, batch_idx)
         self.log("test/loss", loss, batch_size=batch["video"].shape[0])
         return loss
 
