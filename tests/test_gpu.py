@@ -29,7 +29,7 @@ def _cuda_backends(dtype):
     names = []
     for name in backend_names()[1:]:
         try:
-            resolve_backend(name, torch.device("cuda"), dtype)
+            resolve_backend(name, torch.device("cuda"), dtype, 64)
         except ValueError:
             continue
         names.append(name)

@@ -32,7 +32,7 @@ def _qkv(shape=(1, 24, 2, 8), dtype=torch.float32):
         (dict(select="topk", topk=2.0), r"topk must be an int >= 1"),
         (dict(threshold=1.5), r"threshold must be a number in \[0, 1\], got 1.5"),
         (dict(threshold=-0.1), r"threshold must be a number in \[0, 1\]"),
-        (dict(backend="triton"), r"backend must be one of \('auto', 'chunked', 'gathered', 'reference'\)"),
+        (dict(backend="triton"), r"backend must be one of \('auto', 'chunked', 'gathered', 'reference', 'varlen'\)"),
     ],
 )
 def test_bad_arguments(change, match):
@@ -54,9 +54,12 @@ def test_bad_tensors():
 
 
 def test_registry_names_and_auto_choice():
-    assert backend_names() == ("auto", "chunked", "gathered", "reference")
-    assert resolve_backend("auto", torch.device("cpu"), torch.float32).name == "gathered"
-    assert resolve_backend("auto", torch.device("meta"), torch.float32).name == "chunked"
-    assert resolve_backend("reference", torch.device("cpu"), torch.bfloat16).name == "reference"
-    with pytest.raises(ValueError, match=r"backend 'gathered' does not support torch.float32 tensors on meta"):
-        resolve_backend("gathered", torch.device("meta"), torch.float32)
+    assert backend_names() == ("auto", "chunked", "gathered", "reference", "varlen")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("auto", cpu, torch.float32, 64).name == "gathered"
+    assert resolve_backend("auto", cuda, torch.bfloat16, 128).name == "varlen"
+    assert resolve_backend("auto", cuda, torch.bfloat16, 36).name == "chunked"  # varlen: D % 8
+    assert resolve_backend("auto", cuda, torch.float32, 128).name == "chunked"
+    assert resolve_backend("reference", cpu, torch.bfloat16, 64).name == "reference"
+    with pytest.raises(ValueError, match=r"backend 'varlen' does not support torch.float32 tensors of head dim 64 on cpu"):
+        resolve_backend("varlen", cpu, torch.float32, 64)

@@ -82,6 +82,6 @@ def vmoba_attention(
     """
     _check_qkv(q, k, v)
     config = SelectionConfig(select=select, scope=scope, threshold=threshold, topk=topk)
-    impl = resolve_backend(backend, q.device, q.dtype)
+    impl = resolve_backend(backend, q.device, q.dtype, q.shape[-1])
     partition, keep = vmoba_selection(q, k, grid=grid, block=block, config=config)
     return impl.attend(q, k, v, keep, partition)

@@ -8,6 +8,7 @@ supports the device and dtype of the inputs.
 =========== ========= ============================================================
 name        priority  when ``auto`` picks it
 =========== ========= ============================================================
+varlen      30        CUDA float16/bfloat16, head dim a multiple of 8 up to 256 (FA2 kernels)
 gathered    20        CPU tensors (work and memory scale with the kept density)
 chunked     10        other devices (memory-safe dense-masked chunks, no S x S tensor)
 reference   0         never (the plain ground truth; memory grows as S^2)
@@ -26,6 +27,7 @@ from vmoba.attention.chunked import chunked_attention
 from vmoba.attention.gathered import gathered_attention
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.reference import reference_attention
+from vmoba.attention.varlen import varlen_attention
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ AttendFn = Callable[
 ]
 
 
-def _any_device(device: torch.device, dtype: torch.dtype) -> bool:
+def _any_input(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     return True
 
 
@@ -46,14 +48,14 @@ class Backend:
         name: the name users pass as ``backend=``.
         attend: the masked attention function (see the module docstring).
         priority: ``auto`` prefers higher numbers.
-        supports: ``(device, dtype) -> bool``; an explicit choice that does not support the inputs
-            raises instead of being replaced.
+        supports: ``(device, dtype, head_dim) -> bool``; an explicit choice that does not support
+            the inputs raises instead of being replaced.
     """
 
     name: str
     attend: AttendFn
     priority: int
-    supports: Callable[[torch.device, torch.dtype], bool] = _any_device
+    supports: Callable[[torch.device, torch.dtype, int], bool] = _any_input
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -71,25 +73,34 @@ def backend_names() -> tuple[str, ...]:
     return ("auto", *sorted(_BACKENDS))
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
-    """The backend called ``name``, or for ``"auto"`` the best one for ``device`` and ``dtype``."""
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> Backend:
+    """The backend called ``name``, or for ``"auto"`` the best one for these inputs."""
     if name == "auto":
-        usable = [b for b in _BACKENDS.values() if b.supports(device, dtype)]
+        usable = [b for b in _BACKENDS.values() if b.supports(device, dtype, head_dim)]
         choice = max(usable, key=lambda b: b.priority)
         log.debug("vmoba backend auto -> %s for %s %s", choice.name, device, dtype)
         return choice
     if name not in _BACKENDS:
         raise ValueError(f"backend must be one of {backend_names()}, got {name!r}")
     backend = _BACKENDS[name]
-    if not backend.supports(device, dtype):
-        raise ValueError(f"backend {name!r} does not support {dtype} tensors on {device}")
+    if not backend.supports(device, dtype, head_dim):
+        raise ValueError(
+            f"backend {name!r} does not support {dtype} tensors of head dim {head_dim} on {device}"
+        )
     return backend
 
 
-def _cpu(device: torch.device, dtype: torch.dtype) -> bool:
+def _cpu(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     return device.type == "cpu"
+
+
+def _cuda_half(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    half = dtype in (torch.float16, torch.bfloat16)
+    return device.type == "cuda" and half and head_dim % 8 == 0 and head_dim <= 256
 
 
 register_backend(Backend("reference", reference_attention, priority=0))
 register_backend(Backend("chunked", chunked_attention, priority=10))
 register_backend(Backend("gathered", gathered_attention, priority=20, supports=_cpu))
+register_backend(Backend("varlen", varlen_attention, priority=30, supports=_cuda_half))
+

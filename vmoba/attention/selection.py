@@ -129,13 +129,16 @@ def select_blocks(
     """
     shape = gates.shape
     is_self = _to_pools(self_block_mask(partition, gates.device).expand(shape), config.scope)
-    pools = _to_pools(gates.to(torch.float64), config.scope)
+    pools = _to_pools(gates, config.scope)
+    # Ranking in the gates' own dtype gives the float64 order (the upcast is exact and monotone).
     ranked, order = pools.masked_fill(is_self, float("-inf")).sort(dim=-1, descending=True, stable=True)
     num_self = is_self.sum(-1)
     if config.select == "topk":
         counts = (config.topk - 1) * num_self
     else:
-        counts = _threshold_counts(pools, is_self, ranked, float(config.threshold))
+        counts = _threshold_counts(
+            pools.to(torch.float64), is_self, ranked.to(torch.float64), float(config.threshold)
+        )
     counts = torch.minimum(counts, is_self.shape[-1] - num_self)
     ranks = torch.arange(is_self.shape[-1], device=gates.device)
     chosen = torch.zeros_like(is_self).scatter_(-1, order, ranks < counts[:, None])

@@ -106,7 +106,7 @@ class VMoBAAttnProcessor:
     def _vmoba(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.grid is None:
             raise RuntimeError("VMoBAAttnProcessor.grid is unset: call it through VideoDiT")
-        backend = resolve_backend(self.backend, q.device, q.dtype)
+        backend = resolve_backend(self.backend, q.device, q.dtype, q.shape[-1])
         partition, keep = vmoba_selection(q, k, grid=self.grid, block=self.block, config=self.selection)
         self.density = kept_density(keep, partition)
         return backend.attend(q, k, v, keep, partition)

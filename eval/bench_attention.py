@@ -1,0 +1,161 @@
+"""VMoBA attention speed on a GPU against dense cuDNN and FlashAttention-2 SDPA, one sweep.
+
+    python -m eval.bench_attention --out-dir eval/results
+
+Per setting (tokens, layer kind) and backend: forward and forward+backward milliseconds of the
+whole ``vmoba_attention`` call (gates, selection and attention), the selection alone, dense SDPA
+times measured in the same run, kept density, and peak memory above dense cuDNN's. Writes
+``attention_h200.json`` and ``attention_h200.md``; prints the markdown table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+from vmoba.attention import SelectionConfig, kept_density, vmoba_attention, vmoba_selection
+
+
+@dataclass(frozen=True)
+class Setting:
+    tokens: int
+    grid: tuple[int, int, int]
+    blocks: dict[str, object]
+    select: str
+    scope: str
+    threshold: float = 0.25
+    topk: Optional[dict[str, int]] = None
+
+
+SETTINGS = [
+    Setting(55_296, (24, 36, 64), {"1d": 3, "2d": (6, 8), "3d": (8, 12, 8)}, "threshold", "head_global"),
+    Setting(32_760, (21, 30, 52), {"1d": 3, "2d": (5, 13), "3d": (7, 5, 13)}, "topk", "query_head",
+            topk={"1d": 2, "2d": 6, "3d": 18}),
+    Setting(13_440, (21, 20, 32), {"1d": 3, "2d": (5, 8), "3d": (7, 5, 8)}, "threshold", "head_global"),
+]
+
+
+def _time(fn: Callable[[], object], tensors: list[torch.Tensor]) -> float:
+    return do_bench(fn, warmup=50, rep=200, grad_to_none=tensors, return_mode="median")
+
+
+def _fwd_bwd(attend: Callable[[], torch.Tensor], grad: torch.Tensor) -> Callable[[], None]:
+    return lambda: attend().backward(grad)
+
+
+def _peak_gib(fn: Callable[[], None]) -> float:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def _dense(q, k, v, backend: SDPBackend) -> Callable[[], torch.Tensor]:
+    def attend():
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(
+                *(x.transpose(1, 2) for x in (q, k, v))
+            ).transpose(1, 2)
+    return attend
+
+
+def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> list[dict]:
+    device = torch.cuda.get_device_name()
+    records = []
+    for setting in settings:
+        gen = torch.Generator(device="cuda").manual_seed(setting.tokens)
+        q, k, v = (torch.randn(1, setting.tokens, heads, dim, device="cuda", dtype=torch.bfloat16,
+                               generator=gen).requires_grad_() for _ in range(3))
+        grad = torch.randn_like(q)
+        dense = {}
+        for name, kernel in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+            attend = _dense(q, k, v, kernel)
+            dense[f"dense_{name}_fwd_ms"] = _time(attend, [q, k, v])
+            dense[f"dense_{name}_fwd_bwd_ms"] = _time(_fwd_bwd(attend, grad), [q, k, v])
+        dense_peak = _peak_gib(_fwd_bwd(_dense(q, k, v, SDPBackend.CUDNN_ATTENTION), grad))
+        for kind, block in setting.blocks.items():
+            topk = None if setting.topk is None else setting.topk[kind]
+            config = SelectionConfig(setting.select, setting.scope, setting.threshold, topk)
+            part, keep = vmoba_selection(q, k, grid=setting.grid, block=block, config=config)
+            density = kept_density(keep, part).item()
+            select_ms = _time(lambda: vmoba_selection(q, k, grid=setting.grid, block=block, config=config), [])
+            for backend in backends:
+                def attend():
+                    return vmoba_attention(q, k, v, grid=setting.grid, block=block, select=setting.select,
+                                           scope=setting.scope, threshold=setting.threshold, topk=topk,
+                                           backend=backend)
+                record = dict(
+                    tokens=setting.tokens, layer_kind=kind, block=list(block) if isinstance(block, tuple) else block,
+                    blocks=part.num_blocks, select=setting.select, scope=setting.scope, topk=topk,
+                    backend=backend, fwd_ms=_time(attend, [q, k, v]),
+                    fwd_bwd_ms=_time(_fwd_bwd(attend, grad), [q, k, v]), selection_ms=select_ms,
+                    **dense, density=density,
+                    extra_peak_mem_gib=_peak_gib(_fwd_bwd(attend, grad)) - dense_peak,
+                    date=datetime.date.today().isoformat(), device=device, torch=torch.__version__,
+                )
+                records.append(record)
+                print(json.dumps(record), flush=True)
+    return records
+
+
+def markdown(records: list[dict]) -> str:
+    """Per-kind rows and, per (tokens, backend), the cycle speedup over dense cuDNN."""
+    lines = [
+        "| tokens | kind | blocks | select | backend | density | fwd ms | fwd+bwd ms | selection ms "
+        "| cuDNN fwd / fwd+bwd ms | FA2 fwd / fwd+bwd ms | speedup fwd / fwd+bwd vs cuDNN "
+        "| x density (fwd+bwd) | extra peak GiB |",
+        "|" + "---|" * 14,
+    ]
+    for r in records:
+        fwd, both = r["dense_cudnn_fwd_ms"] / r["fwd_ms"], r["dense_cudnn_fwd_bwd_ms"] / r["fwd_bwd_ms"]
+        lines.append(
+            f"| {r['tokens']} | {r['layer_kind']} | {r['blocks']} | {r['select']}+{r['scope']} | {r['backend']} "
+            f"| {r['density']:.3f} | {r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['selection_ms']:.2f} "
+            f"| {r['dense_cudnn_fwd_ms']:.2f} / {r['dense_cudnn_fwd_bwd_ms']:.2f} "
+            f"| {r['dense_fa2_fwd_ms']:.2f} / {r['dense_fa2_fwd_bwd_ms']:.2f} "
+            f"| {fwd:.2f}x / {both:.2f}x | {both * r['density']:.2f} | {r['extra_peak_mem_gib']:.2f} |"
+        )
+    lines += ["", "| tokens | backend | cycle speedup fwd | cycle speedup fwd+bwd | selection share of fwd |",
+              "|---|---|---|---|---|"]
+    for tokens in sorted({r["tokens"] for r in records}, reverse=True):
+        for backend in sorted({r["backend"] for r in records}):
+            rows = [r for r in records if r["tokens"] == tokens and r["backend"] == backend]
+            fwd = sum(r["dense_cudnn_fwd_ms"] for r in rows) / sum(r["fwd_ms"] for r in rows)
+            both = sum(r["dense_cudnn_fwd_bwd_ms"] for r in rows) / sum(r["fwd_bwd_ms"] for r in rows)
+            share = sum(r["selection_ms"] for r in rows) / sum(r["fwd_ms"] for r in rows)
+            lines.append(f"| {tokens} | {backend} | {fwd:.2f}x | {both:.2f}x | {share:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["varlen"])
+    parser.add_argument("--tokens", nargs="+", type=int, default=[s.tokens for s in SETTINGS])
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--out-dir", type=Path, default=Path("eval/results"))
+    args = parser.parse_args()
+    settings = [s for s in SETTINGS if s.tokens in args.tokens]
+    records = run(settings, args.backends, args.heads, args.dim)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "attention_h200.json").write_text(json.dumps(records, indent=1) + "\n")
+    table = markdown(records)
+    (args.out_dir / "attention_h200.md").write_text(
+        "# VMoBA attention vs dense SDPA (B=1, H=12, D=128, bf16)\n\n"
+        f"Command: `python -m eval.bench_attention --backends {' '.join(args.backends)}`\n\n" + table
+    )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
