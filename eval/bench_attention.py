@@ -36,10 +36,20 @@ class Setting:
 
 
 SETTINGS = [
-    Setting(55_296, (24, 36, 64), {"1d": 3, "2d": (6, 8), "3d": (8, 12, 8)}, "threshold", "head_global"),
-    Setting(32_760, (21, 30, 52), {"1d": 3, "2d": (5, 13), "3d": (7, 5, 13)}, "topk", "query_head",
-            topk={"1d": 2, "2d": 6, "3d": 18}),
-    Setting(13_440, (21, 20, 32), {"1d": 3, "2d": (5, 8), "3d": (7, 5, 8)}, "threshold", "head_global"),
+    Setting(
+        55_296, (24, 36, 64), {"1d": 3, "2d": (6, 8), "3d": (8, 12, 8)}, "threshold", "head_global"
+    ),
+    Setting(
+        32_760,
+        (21, 30, 52),
+        {"1d": 3, "2d": (5, 13), "3d": (7, 5, 13)},
+        "topk",
+        "query_head",
+        topk={"1d": 2, "2d": 6, "3d": 18},
+    ),
+    Setting(
+        13_440, (21, 20, 32), {"1d": 3, "2d": (5, 8), "3d": (7, 5, 8)}, "threshold", "head_global"
+    ),
 ]
 
 
@@ -66,6 +76,7 @@ def _dense(q, k, v, backend: SDPBackend) -> Callable[[], torch.Tensor]:
             return torch.nn.functional.scaled_dot_product_attention(
                 *(x.transpose(1, 2) for x in (q, k, v))
             ).transpose(1, 2)
+
     return attend
 
 
@@ -74,11 +85,18 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
     records = []
     for setting in settings:
         gen = torch.Generator(device="cuda").manual_seed(setting.tokens)
-        q, k, v = (torch.randn(1, setting.tokens, heads, dim, device="cuda", dtype=torch.bfloat16,
-                               generator=gen).requires_grad_() for _ in range(3))
+        q, k, v = (
+            torch.randn(
+                1, setting.tokens, heads, dim, device="cuda", dtype=torch.bfloat16, generator=gen
+            ).requires_grad_()
+            for _ in range(3)
+        )
         grad = torch.randn_like(q)
         dense = {}
-        for name, kernel in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+        for name, kernel in (
+            ("cudnn", SDPBackend.CUDNN_ATTENTION),
+            ("fa2", SDPBackend.FLASH_ATTENTION),
+        ):
             attend = _dense(q, k, v, kernel)
             dense[f"dense_{name}_fwd_ms"] = _time(attend, [q, k, v])
             dense[f"dense_{name}_fwd_bwd_ms"] = _time(_fwd_bwd(attend, grad), [q, k, v])
@@ -88,20 +106,43 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
             config = SelectionConfig(setting.select, setting.scope, setting.threshold, topk)
             part, keep = vmoba_selection(q, k, grid=setting.grid, block=block, config=config)
             density = kept_density(keep, part).item()
-            select_ms = _time(lambda: vmoba_selection(q, k, grid=setting.grid, block=block, config=config), [])
+            select_ms = _time(
+                lambda: vmoba_selection(q, k, grid=setting.grid, block=block, config=config), []
+            )
             for backend in backends:
+
                 def attend():
-                    return vmoba_attention(q, k, v, grid=setting.grid, block=block, select=setting.select,
-                                           scope=setting.scope, threshold=setting.threshold, topk=topk,
-                                           backend=backend)
+                    return vmoba_attention(
+                        q,
+                        k,
+                        v,
+                        grid=setting.grid,
+                        block=block,
+                        select=setting.select,
+                        scope=setting.scope,
+                        threshold=setting.threshold,
+                        topk=topk,
+                        backend=backend,
+                    )
+
                 record = dict(
-                    tokens=setting.tokens, layer_kind=kind, block=list(block) if isinstance(block, tuple) else block,
-                    blocks=part.num_blocks, select=setting.select, scope=setting.scope, topk=topk,
-                    backend=backend, fwd_ms=_time(attend, [q, k, v]),
-                    fwd_bwd_ms=_time(_fwd_bwd(attend, grad), [q, k, v]), selection_ms=select_ms,
-                    **dense, density=density,
+                    tokens=setting.tokens,
+                    layer_kind=kind,
+                    block=list(block) if isinstance(block, tuple) else block,
+                    blocks=part.num_blocks,
+                    select=setting.select,
+                    scope=setting.scope,
+                    topk=topk,
+                    backend=backend,
+                    fwd_ms=_time(attend, [q, k, v]),
+                    fwd_bwd_ms=_time(_fwd_bwd(attend, grad), [q, k, v]),
+                    selection_ms=select_ms,
+                    **dense,
+                    density=density,
                     extra_peak_mem_gib=_peak_gib(_fwd_bwd(attend, grad)) - dense_peak,
-                    date=datetime.date.today().isoformat(), device=device, torch=torch.__version__,
+                    date=datetime.date.today().isoformat(),
+                    device=device,
+                    torch=torch.__version__,
                 )
                 records.append(record)
                 print(json.dumps(record), flush=True)
@@ -117,7 +158,10 @@ def markdown(records: list[dict]) -> str:
         "|" + "---|" * 14,
     ]
     for r in records:
-        fwd, both = r["dense_cudnn_fwd_ms"] / r["fwd_ms"], r["dense_cudnn_fwd_bwd_ms"] / r["fwd_bwd_ms"]
+        fwd, both = (
+            r["dense_cudnn_fwd_ms"] / r["fwd_ms"],
+            r["dense_cudnn_fwd_bwd_ms"] / r["fwd_bwd_ms"],
+        )
         lines.append(
             f"| {r['tokens']} | {r['layer_kind']} | {r['blocks']} | {r['select']}+{r['scope']} | {r['backend']} "
             f"| {r['density']:.3f} | {r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['selection_ms']:.2f} "
@@ -125,13 +169,18 @@ def markdown(records: list[dict]) -> str:
             f"| {r['dense_fa2_fwd_ms']:.2f} / {r['dense_fa2_fwd_bwd_ms']:.2f} "
             f"| {fwd:.2f}x / {both:.2f}x | {both * r['density']:.2f} | {r['extra_peak_mem_gib']:.2f} |"
         )
-    lines += ["", "| tokens | backend | cycle speedup fwd | cycle speedup fwd+bwd | selection share of fwd |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| tokens | backend | cycle speedup fwd | cycle speedup fwd+bwd | selection share of fwd |",
+        "|---|---|---|---|---|",
+    ]
     for tokens in sorted({r["tokens"] for r in records}, reverse=True):
         for backend in sorted({r["backend"] for r in records}):
             rows = [r for r in records if r["tokens"] == tokens and r["backend"] == backend]
             fwd = sum(r["dense_cudnn_fwd_ms"] for r in rows) / sum(r["fwd_ms"] for r in rows)
-            both = sum(r["dense_cudnn_fwd_bwd_ms"] for r in rows) / sum(r["fwd_bwd_ms"] for r in rows)
+            both = sum(r["dense_cudnn_fwd_bwd_ms"] for r in rows) / sum(
+                r["fwd_bwd_ms"] for r in rows
+            )
             share = sum(r["selection_ms"] for r in rows) / sum(r["fwd_ms"] for r in rows)
             lines.append(f"| {tokens} | {backend} | {fwd:.2f}x | {both:.2f}x | {share:.0%} |")
     return "\n".join(lines) + "\n"
@@ -152,7 +201,8 @@ def main() -> None:
     table = markdown(records)
     (args.out_dir / "attention_h200.md").write_text(
         "# VMoBA attention vs dense SDPA (B=1, H=12, D=128, bf16)\n\n"
-        f"Command: `python -m eval.bench_attention --backends {' '.join(args.backends)}`\n\n" + table
+        f"Command: `python -m eval.bench_attention --backends {' '.join(args.backends)}`\n\n"
+        + table
     )
     print(table)
 

@@ -42,14 +42,24 @@ def _measure(backend: str, kind: str, heads: int, dim: int, queue: multiprocessi
     forward = time.perf_counter() - start
     out.backward(torch.randn_like(out))
     total = time.perf_counter() - start
-    queue.put(dict(
-        backend=backend, tokens=tokens, heads=heads, dim=dim, layer_kind=kind, blocks=part.num_blocks,
-        select=config.select, scope=config.scope, threshold=config.threshold,
-        density=round(kept_density(keep, part).item(), 4),
-        fwd_s=round(forward, 2), fwd_bwd_s=round(total, 2),
-        peak_rss_gib=round(_peak_rss_gib(), 3),
-        peak_rss_increase_gib=round(_peak_rss_gib() - rss_before, 3),
-    ))
+    queue.put(
+        dict(
+            backend=backend,
+            tokens=tokens,
+            heads=heads,
+            dim=dim,
+            layer_kind=kind,
+            blocks=part.num_blocks,
+            select=config.select,
+            scope=config.scope,
+            threshold=config.threshold,
+            density=round(kept_density(keep, part).item(), 4),
+            fwd_s=round(forward, 2),
+            fwd_bwd_s=round(total, 2),
+            peak_rss_gib=round(_peak_rss_gib(), 3),
+            peak_rss_increase_gib=round(_peak_rss_gib() - rss_before, 3),
+        )
+    )
 
 
 def main() -> None:
@@ -68,8 +78,10 @@ def main() -> None:
         record = queue.get()
         proc.join()
         record.update(
-            threads=torch.get_num_threads(), machine=platform.processor() or platform.machine(),
-            torch=torch.__version__, date=datetime.date.today().isoformat(),
+            threads=torch.get_num_threads(),
+            machine=platform.processor() or platform.machine(),
+            torch=torch.__version__,
+            date=datetime.date.today().isoformat(),
         )
         records.append(record)
         print(json.dumps(record))

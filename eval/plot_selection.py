@@ -38,7 +38,9 @@ def smooth_tokens(grid: tuple[int, int, int], heads: int, dim: int, seed: int) -
     pos = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)  # [S, 3]
     freqs = torch.randn(3, heads * dim, generator=gen) * 3.0
     phase = torch.rand(heads * dim, generator=gen) * 2 * torch.pi
-    fields = torch.cos(pos @ freqs + phase) + 0.3 * torch.randn(pos.shape[0], heads * dim, generator=gen)
+    fields = torch.cos(pos @ freqs + phase) + 0.3 * torch.randn(
+        pos.shape[0], heads * dim, generator=gen
+    )
     return fields.reshape(1, -1, heads, dim)
 
 
@@ -52,14 +54,22 @@ def plot(config: SelectionConfig, out: Path, seed: int = 0) -> None:
         part, keep = vmoba_selection(q, k, grid=GRID, block=block, config=config)
         picture = keep[0, 0].int() + self_block_mask(part).int()  # 0, 1 (selected) or 2 (self)
         picture = picture[part.perm]
-        ax.imshow(picture.numpy(), aspect="auto", interpolation="nearest", cmap=colours, vmin=0, vmax=2)
-        ax.set_title(f"{kind} block {block}: {part.num_blocks} blocks\n"
-                     f"density {kept_density(keep, part).item():.2f}")
+        ax.imshow(
+            picture.numpy(), aspect="auto", interpolation="nearest", cmap=colours, vmin=0, vmax=2
+        )
+        ax.set_title(
+            f"{kind} block {block}: {part.num_blocks} blocks\n"
+            f"density {kept_density(keep, part).item():.2f}"
+        )
         ax.set_xlabel("key block")
         ax.set_xticks(np.arange(part.num_blocks))
         ax.set_ylabel(f"query, grouped by block (grid {GRID})")
-    rule = f"topk k={config.topk}" if config.select == "topk" else f"threshold tau={config.threshold}"
-    fig.suptitle(f"VMoBA selection, {rule}, scope {config.scope} (green: self block, orange: selected)")
+    rule = (
+        f"topk k={config.topk}" if config.select == "topk" else f"threshold tau={config.threshold}"
+    )
+    fig.suptitle(
+        f"VMoBA selection, {rule}, scope {config.scope} (green: self block, orange: selected)"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -1,6 +1,6 @@
 """Speedup of VMoBA over dense cuDNN attention against sequence length, from a benchmark JSON.
 
-    python -m eval.plot_speedup eval/results/attention_h200.json --out eval/results/attention_h200_speedup.png
+python -m eval.plot_speedup eval/results/attention_h200.json --out eval/results/attention_h200_speedup.png
 """
 
 from __future__ import annotations
@@ -18,19 +18,38 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot(records: list[dict], out: Path) -> None:
     """One line per (backend, layer kind) and the layer-cycle total, forward and forward+backward."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True, sharey=True)
-    for ax, (key, dense_key, title) in zip(axes, [
-        ("fwd_ms", "dense_cudnn_fwd_ms", "forward"),
-        ("fwd_bwd_ms", "dense_cudnn_fwd_bwd_ms", "forward + backward"),
-    ]):
+    for ax, (key, dense_key, title) in zip(
+        axes,
+        [
+            ("fwd_ms", "dense_cudnn_fwd_ms", "forward"),
+            ("fwd_bwd_ms", "dense_cudnn_fwd_bwd_ms", "forward + backward"),
+        ],
+    ):
         for backend in sorted({r["backend"] for r in records}):
             rows = [r for r in records if r["backend"] == backend]
             lengths = sorted({r["tokens"] for r in rows})
             for kind in ("1d", "2d", "3d"):
                 per = {r["tokens"]: r[dense_key] / r[key] for r in rows if r["layer_kind"] == kind}
-                ax.plot(lengths, [per[n] for n in lengths], marker="o", alpha=0.6, label=f"{backend} {kind}")
-            cycle = [sum(r[dense_key] for r in rows if r["tokens"] == n)
-                     / sum(r[key] for r in rows if r["tokens"] == n) for n in lengths]
-            ax.plot(lengths, cycle, marker="s", linewidth=2.5, color="black", label=f"{backend} 1D+2D+3D cycle")
+                ax.plot(
+                    lengths,
+                    [per[n] for n in lengths],
+                    marker="o",
+                    alpha=0.6,
+                    label=f"{backend} {kind}",
+                )
+            cycle = [
+                sum(r[dense_key] for r in rows if r["tokens"] == n)
+                / sum(r[key] for r in rows if r["tokens"] == n)
+                for n in lengths
+            ]
+            ax.plot(
+                lengths,
+                cycle,
+                marker="s",
+                linewidth=2.5,
+                color="black",
+                label=f"{backend} 1D+2D+3D cycle",
+            )
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_title(f"{title}: dense cuDNN time / VMoBA time")
         ax.set_xlabel("video tokens")

@@ -18,12 +18,14 @@ def naive_blocks(grid, block) -> list[list[int]]:
     for t0 in range(0, t_n, ct):
         for h0 in range(0, h_n, ch):
             for w0 in range(0, w_n, cw):
-                blocks.append([
-                    (t * h_n + h) * w_n + w
-                    for t in range(t0, min(t0 + ct, t_n))
-                    for h in range(h0, min(h0 + ch, h_n))
-                    for w in range(w0, min(w0 + cw, w_n))
-                ])
+                blocks.append(
+                    [
+                        (t * h_n + h) * w_n + w
+                        for t in range(t0, min(t0 + ct, t_n))
+                        for h in range(h0, min(h0 + ch, h_n))
+                        for w in range(w0, min(w0 + cw, w_n))
+                    ]
+                )
     return blocks
 
 
@@ -48,20 +50,38 @@ def naive_gates(q: torch.Tensor, k: torch.Tensor, blocks: list[list[int]]) -> to
 def _pools(shape, scope):
     batch, heads, tokens, n = shape
     if scope == "query_head":
-        return [[(b, h, s, j) for j in range(n)]
-                for b in range(batch) for h in range(heads) for s in range(tokens)]
+        return [
+            [(b, h, s, j) for j in range(n)]
+            for b in range(batch)
+            for h in range(heads)
+            for s in range(tokens)
+        ]
     if scope == "head_global":
-        return [[(b, h, s, j) for s in range(tokens) for j in range(n)]
-                for b in range(batch) for h in range(heads)]
+        return [
+            [(b, h, s, j) for s in range(tokens) for j in range(n)]
+            for b in range(batch)
+            for h in range(heads)
+        ]
     if scope == "block":
-        return [[(b, h, s, j) for h in range(heads) for s in range(tokens)]
-                for b in range(batch) for j in range(n)]
-    return [[(b, h, s, j) for h in range(heads) for s in range(tokens) for j in range(n)]
-            for b in range(batch)]
+        return [
+            [(b, h, s, j) for h in range(heads) for s in range(tokens)]
+            for b in range(batch)
+            for j in range(n)
+        ]
+    return [
+        [(b, h, s, j) for h in range(heads) for s in range(tokens) for j in range(n)]
+        for b in range(batch)
+    ]
 
 
-def naive_keep(gates: torch.Tensor, block_of: list[int], select: str, scope: str,
-               threshold: float = 0.25, topk: int | None = None) -> torch.Tensor:
+def naive_keep(
+    gates: torch.Tensor,
+    block_of: list[int],
+    select: str,
+    scope: str,
+    threshold: float = 0.25,
+    topk: int | None = None,
+) -> torch.Tensor:
     """The spec's selection rules, one pool at a time in plain Python."""
     g = gates.double().tolist()
     keep = torch.zeros(gates.shape, dtype=torch.bool).tolist()

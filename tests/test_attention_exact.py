@@ -33,7 +33,9 @@ BACKENDS = ("reference", "chunked", "gathered")
 
 @pytest.mark.usefixtures("small_chunks")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("batch,heads,dim", [(b, h, d) for b in (1, 2) for h in (1, 3) for d in (16, 64)])
+@pytest.mark.parametrize(
+    "batch,heads,dim", [(b, h, d) for b in (1, 2) for h in (1, 3) for d in (16, 64)]
+)
 @pytest.mark.parametrize("kind", BLOCKS)
 @pytest.mark.parametrize("grid_name", GRIDS)
 @pytest.mark.parametrize("select,scope,threshold,topk", MODES)
@@ -47,10 +49,16 @@ def test_backends_equal_masked_dense_attention(
     blocks = naive_blocks(grid, block)
     # fp64 is checked end to end against naive gates; fp32 against the gates the code computes
     # (tested alone in test_gates.py), since float32 rounding could flip a near-tie in ranking.
-    gates = naive_gates(q, k, blocks) if dtype == torch.float64 else block_gates(q, k, block_partition(grid, block))
+    gates = (
+        naive_gates(q, k, blocks)
+        if dtype == torch.float64
+        else block_gates(q, k, block_partition(grid, block))
+    )
     keep = naive_keep(gates, naive_block_of(blocks), select, scope, threshold or 0.25, topk)
     expected = dense_masked_attention(q, k, v, expand_keep(keep, naive_block_of(blocks)))
-    grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grad_out = torch.randn(
+        expected.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
 
     kwargs = dict(grid=grid, block=block, select=select, scope=scope, topk=topk)

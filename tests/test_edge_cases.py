@@ -16,7 +16,10 @@ from vmoba.attention import (
 GRID, TOKENS = (5, 7, 6), 210
 ALL_MODES = [
     dict(select="topk", scope=scope, topk=2) for scope in ("query_head", "head_global", "overall")
-] + [dict(select="threshold", scope=scope) for scope in ("query_head", "head_global", "block", "overall")]
+] + [
+    dict(select="threshold", scope=scope)
+    for scope in ("query_head", "head_global", "block", "overall")
+]
 
 
 def _dense(q, k, v):
@@ -44,7 +47,9 @@ def test_topk_at_least_number_of_blocks_is_dense(scope, topk):
     q, k, v = random_qkv(2, TOKENS, 3, 16, seed=2, grad=False)
     _, keep = _keep(q, k, (2, 3, 4), select="topk", scope=scope, topk=topk)  # 18 blocks
     assert keep.all()
-    out = vmoba_attention(q, k, v, grid=GRID, block=(2, 3, 4), select="topk", scope=scope, topk=topk)
+    out = vmoba_attention(
+        q, k, v, grid=GRID, block=(2, 3, 4), select="topk", scope=scope, topk=topk
+    )
     assert rel_error(out, _dense(q, k, v)) < 1e-6
 
 
@@ -55,7 +60,7 @@ def test_topk_one_is_self_block_only(scope):
     assert torch.equal(keep, self_block_mask(part).expand_as(keep))
     out = vmoba_attention(q, k, v, grid=GRID, block=2, select="topk", scope=scope, topk=1)
     for j in range(part.num_blocks):  # block-diagonal attention: each frame block alone
-        ids = part.perm[part.block_offsets[j]:part.block_offsets[j + 1]]
+        ids = part.perm[part.block_offsets[j] : part.block_offsets[j + 1]]
         assert rel_error(out[:, ids], _dense(q[:, ids], k[:, ids], v[:, ids])) < 1e-6
 
 

@@ -10,16 +10,28 @@ import pytest
 import torch
 from helpers import rel_error
 
-from vmoba.attention import backend_names, resolve_backend, token_mask, vmoba_attention, vmoba_selection
+from vmoba.attention import (
+    backend_names,
+    resolve_backend,
+    token_mask,
+    vmoba_attention,
+    vmoba_selection,
+)
 from vmoba.attention.selection import SelectionConfig
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-MODES = [("topk", "query_head", 3), ("topk", "head_global", 3), ("topk", "overall", 3),
-         ("threshold", "query_head", None), ("threshold", "head_global", None),
-         ("threshold", "block", None), ("threshold", "overall", None)]
+MODES = [
+    ("topk", "query_head", 3),
+    ("topk", "head_global", 3),
+    ("topk", "overall", 3),
+    ("threshold", "query_head", None),
+    ("threshold", "head_global", None),
+    ("threshold", "block", None),
+    ("threshold", "overall", None),
+]
 BLOCKS = {"1d": 3, "2d": (5, 7), "3d": (4, 5, 7)}
 GRID = (9, 10, 14)  # ragged for every block kind; S = 1,260
 
@@ -41,8 +53,10 @@ def _cuda_backends(dtype):
 @pytest.mark.parametrize("select,scope,topk", MODES)
 def test_cuda_backends_match_reference(select, scope, topk, kind, dtype):
     gen = torch.Generator(device="cuda").manual_seed(zlib.crc32(f"{select}{scope}{kind}".encode()))
-    q, k, v = (torch.randn(2, 1260, 4, 64, device="cuda", generator=gen, dtype=dtype).requires_grad_()
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(2, 1260, 4, 64, device="cuda", generator=gen, dtype=dtype).requires_grad_()
+        for _ in range(3)
+    )
     grad = torch.randn(q.shape, device="cuda", generator=gen, dtype=dtype)
     kwargs = dict(grid=GRID, block=BLOCKS[kind], select=select, scope=scope, topk=topk)
     exact = vmoba_attention(*(x.double() for x in (q, k, v)), backend="reference", **kwargs)
@@ -51,7 +65,8 @@ def test_cuda_backends_match_reference(select, scope, topk, kind, dtype):
     config = SelectionConfig(select, scope, 0.25, topk)
     partition, keep = vmoba_selection(q, k, grid=GRID, block=BLOCKS[kind], config=config)
     plain = torch.nn.functional.scaled_dot_product_attention(
-        *(x.transpose(1, 2) for x in (q, k, v)), attn_mask=token_mask(keep, partition)).transpose(1, 2)
+        *(x.transpose(1, 2) for x in (q, k, v)), attn_mask=token_mask(keep, partition)
+    ).transpose(1, 2)
     plain_grads = torch.autograd.grad(plain, (q, k, v), grad)
     backends = _cuda_backends(dtype)
     assert backends
@@ -59,5 +74,7 @@ def test_cuda_backends_match_reference(select, scope, topk, kind, dtype):
         out = vmoba_attention(q, k, v, backend=backend, **kwargs)
         assert out.dtype == dtype
         assert rel_error(out, exact) <= 2 * rel_error(plain, exact) + 1e-3, backend
-        for got, want, base in zip(torch.autograd.grad(out, (q, k, v), grad), exact_grads, plain_grads):
+        for got, want, base in zip(
+            torch.autograd.grad(out, (q, k, v), grad), exact_grads, plain_grads
+        ):
             assert rel_error(got, want) <= 2 * rel_error(base, want) + 1e-3, backend

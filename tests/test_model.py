@@ -24,7 +24,9 @@ def _inputs(seed=1):
 def test_full_attention_keeps_diffusers_processor(wan):
     dit = VideoDiT(copy.deepcopy(wan), VMoBASettings(attention="full"))
     assert dit.processors == []
-    assert all(type(b.attn1.processor).__name__ == "WanAttnProcessor" for b in dit.transformer.blocks)
+    assert all(
+        type(b.attn1.processor).__name__ == "WanAttnProcessor" for b in dit.transformer.blocks
+    )
     stock = wan(*_inputs(), return_dict=False)[0]
     assert torch.equal(dit(*_inputs()), stock)
 
@@ -71,7 +73,9 @@ def test_gradients_reach_every_trainable_parameter(wan):
 def test_load_transformer_round_trips_save_pretrained(wan, tmp_path):
     wan.save_pretrained(tmp_path / "transformer")
     loaded = load_transformer(pretrained_path=str(tmp_path))
-    assert torch.equal(loaded(*_inputs(), return_dict=False)[0], wan(*_inputs(), return_dict=False)[0])
+    assert torch.equal(
+        loaded(*_inputs(), return_dict=False)[0], wan(*_inputs(), return_dict=False)[0]
+    )
     with pytest.raises(FileNotFoundError, match="no Wan transformer"):
         load_transformer(pretrained_path=str(tmp_path / "missing"))
 

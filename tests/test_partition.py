@@ -5,9 +5,16 @@ from naive_vmoba import naive_blocks
 from vmoba.attention import block_partition, layer_kind
 
 CASES = [
-    ((4, 6, 8), 2), ((4, 6, 8), (3, 4)), ((4, 6, 8), (2, 3, 4)),
-    ((5, 7, 6), 2), ((5, 7, 6), (3, 4)), ((5, 7, 6), (2, 3, 4)),
-    ((3, 5, 7), 3), ((3, 5, 7), (5, 7)), ((3, 5, 7), (1, 1, 1)), ((24, 36, 64), (8, 12, 8)),
+    ((4, 6, 8), 2),
+    ((4, 6, 8), (3, 4)),
+    ((4, 6, 8), (2, 3, 4)),
+    ((5, 7, 6), 2),
+    ((5, 7, 6), (3, 4)),
+    ((5, 7, 6), (2, 3, 4)),
+    ((3, 5, 7), 3),
+    ((3, 5, 7), (5, 7)),
+    ((3, 5, 7), (1, 1, 1)),
+    ((24, 36, 64), (8, 12, 8)),
 ]
 
 
@@ -37,7 +44,11 @@ def test_layer_kinds_and_cuboid_shapes():
     assert [layer_kind(b) for b in (3, (6, 8), (8, 12, 8))] == ["1d", "2d", "3d"]
     assert block_partition((24, 36, 64), 3).block_shape == (3, 36, 64)
     assert block_partition((24, 36, 64), (6, 8)).block_shape == (24, 6, 8)
-    assert [block_partition((24, 36, 64), b).num_blocks for b in (3, (6, 8), (8, 12, 8))] == [8, 48, 72]
+    assert [block_partition((24, 36, 64), b).num_blocks for b in (3, (6, 8), (8, 12, 8))] == [
+        8,
+        48,
+        72,
+    ]
 
 
 def test_ragged_edge_block_is_smaller():

@@ -48,6 +48,8 @@ def test_topk_head_global_keeps_k_blocks_per_query_on_average():
     grid, block = (4, 6, 8), (2, 3, 4)
     q, k, _ = random_qkv(1, 192, 2, 16, seed=5, grad=False)
     part = block_partition(grid, block)
-    keep = select_blocks(block_gates(q, k, part), part, SelectionConfig("topk", "head_global", topk=3))
+    keep = select_blocks(
+        block_gates(q, k, part), part, SelectionConfig("topk", "head_global", topk=3)
+    )
     assert keep.sum(dim=(2, 3)).tolist() == [[3 * 192, 3 * 192]]
     assert keep.sum(-1).min() >= 1 and keep.sum(-1).max() > 3  # some queries get many blocks

@@ -28,8 +28,12 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 def _args(run_dir: Path, synthetic_root: Path, *extra: str) -> list[str]:
-    return [f"--config={TINY}", f"--trainer.default_root_dir={run_dir}",
-            f"--data.synthetic_root={synthetic_root}", *extra]
+    return [
+        f"--config={TINY}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--data.synthetic_root={synthetic_root}",
+        *extra,
+    ]
 
 
 def _fit(run_dir, synthetic_root, *extra, callbacks=(), ckpt_path=None):
@@ -76,7 +80,9 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     assert all(0 < d < 1 for d in metrics["density"].values())
     assert metrics["tokens_per_s"] > 0 and metrics["skipped_videos"] == {"train": 0, "val": 0}
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
-    assert {"train/loss", "val/loss", "train/density_2d", "train/tokens_per_s"} <= set(header.split(","))
+    assert {"train/loss", "val/loss", "train/density_2d", "train/tokens_per_s"} <= set(
+        header.split(",")
+    )
     assert not list((run_dir / "checkpoints").glob(".*tmp"))  # atomic writes left no temporaries
 
     ckpt = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
@@ -84,8 +90,9 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     tested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt])
     val_loss = validated.trainer.callback_metrics["val/loss"].item()
     assert tested.trainer.callback_metrics["test/loss"].item() == pytest.approx(val_loss, rel=1e-6)
-    predicted = VMoBACLI(args=["predict", *_args(run_dir, synthetic_root), ckpt,
-                               "--trainer.limit_predict_batches=1"])
+    predicted = VMoBACLI(
+        args=["predict", *_args(run_dir, synthetic_root), ckpt, "--trainer.limit_predict_batches=1"]
+    )
     assert len(list((run_dir / "predictions").glob("*.mp4"))) == predicted.datamodule.batch_size
 
 
@@ -105,7 +112,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, synthetic_r
     with pytest.raises(Crash):  # checkpoints at steps 5 and 10; crash in step 8 (epoch 1)
         _fit(tmp_path / "b", synthetic_root, "--model.num_samples=0", callbacks=[CrashAtStep(8)])
     resumed = BatchOrder()
-    result = _fit(tmp_path / "b", synthetic_root, "--model.num_samples=0", callbacks=[resumed], ckpt_path="last")
+    result = _fit(
+        tmp_path / "b",
+        synthetic_root,
+        "--model.num_samples=0",
+        callbacks=[resumed],
+        ckpt_path="last",
+    )
     assert resumed.seen[0][0] == 5  # restarted from the step-5 checkpoint, mid-epoch 0
     assert resumed.seen == straight.seen[5:]  # the same batches in the same order
     assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
@@ -113,8 +126,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, synthetic_r
 
 
 def test_full_attention_baseline_from_the_same_config(tmp_path, synthetic_root):
-    metrics = _fit(tmp_path / "full", synthetic_root, "--model.attention.attention=full",
-                   "--model.num_samples=0", "--trainer.max_steps=3")
+    metrics = _fit(
+        tmp_path / "full",
+        synthetic_root,
+        "--model.attention.attention=full",
+        "--model.num_samples=0",
+        "--trainer.max_steps=3",
+    )
     assert metrics["attention"] == "full" and metrics["density"] == {}
 
 
@@ -130,16 +148,27 @@ def test_bad_videos_are_skipped_and_counted(tmp_path, synthetic_root):
     bad_rows = [(str(tmp_path / "missing.mp4"), "gone"), (str(tmp_path / "corrupt.mp4"), "noise")]
     train = _manifest(tmp_path / "train.jsonl", good_rows[:4] + bad_rows + good_rows[4:])
     val = _manifest(tmp_path / "val.jsonl", good_rows[:2])
-    metrics = _fit(tmp_path / "run", synthetic_root, f"--data.train_manifest={train}",
-                   f"--data.val_manifest={val}", "--model.num_samples=0", "--trainer.max_steps=6",
-                   "--trainer.val_check_interval=3")
+    metrics = _fit(
+        tmp_path / "run",
+        synthetic_root,
+        f"--data.train_manifest={train}",
+        f"--data.val_manifest={val}",
+        "--model.num_samples=0",
+        "--trainer.max_steps=6",
+        "--trainer.val_check_interval=3",
+    )
     assert metrics["global_step"] == 6
     assert metrics["skipped_videos"] == {"train": 2, "val": 0}
 
     all_bad = _manifest(tmp_path / "bad.jsonl", bad_rows)
     with pytest.raises(RuntimeError, match="none of the 2 videos in manifest .* is usable"):
-        _fit(tmp_path / "bad", synthetic_root, f"--data.train_manifest={all_bad}",
-             f"--data.val_manifest={all_bad}", "--model.num_samples=0")
+        _fit(
+            tmp_path / "bad",
+            synthetic_root,
+            f"--data.train_manifest={all_bad}",
+            f"--data.val_manifest={all_bad}",
+            "--model.num_samples=0",
+        )
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -163,7 +192,13 @@ def test_sampling_runs_dense_for_the_first_quarter_of_steps():
     original = dit.forward
     dit.forward = lambda *a: (modes.append(dit.processors[0].dense), original(*a))[1]
     text = torch.randn(2, 8, 64)
-    videos = sample_videos(dit, text, torch.zeros(1, 8, 64), (3, 4, 16, 16), steps=8,
-                           generator=torch.Generator().manual_seed(0))
+    videos = sample_videos(
+        dit,
+        text,
+        torch.zeros(1, 8, 64),
+        (3, 4, 16, 16),
+        steps=8,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert modes == [True, True] + [False] * 6
     assert videos.shape == (2, 3, 4, 16, 16) and videos.abs().max() <= 1

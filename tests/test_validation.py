@@ -25,14 +25,23 @@ def _qkv(shape=(1, 24, 2, 8), dtype=torch.float32):
         (dict(block=0), r"block must be a positive int \(1D temporal\), got 0"),
         (dict(block="2"), r"block must be an int"),
         (dict(select="top"), r"select must be one of \('topk', 'threshold'\)"),
-        (dict(scope="global"), r"scope must be one of \('query_head', 'head_global', 'block', 'overall'\)"),
-        (dict(select="topk", topk=2, scope="block"), r"scope must be one of \('query_head', 'head_global', 'overall'\) with select='topk'"),
+        (
+            dict(scope="global"),
+            r"scope must be one of \('query_head', 'head_global', 'block', 'overall'\)",
+        ),
+        (
+            dict(select="topk", topk=2, scope="block"),
+            r"scope must be one of \('query_head', 'head_global', 'overall'\) with select='topk'",
+        ),
         (dict(select="topk"), r"topk must be an int >= 1 with select='topk', got None"),
         (dict(select="topk", topk=0), r"topk must be an int >= 1"),
         (dict(select="topk", topk=2.0), r"topk must be an int >= 1"),
         (dict(threshold=1.5), r"threshold must be a number in \[0, 1\], got 1.5"),
         (dict(threshold=-0.1), r"threshold must be a number in \[0, 1\]"),
-        (dict(backend="triton"), r"backend must be one of \('auto', 'chunked', 'gathered', 'reference', 'varlen'\)"),
+        (
+            dict(backend="triton"),
+            r"backend must be one of \('auto', 'chunked', 'gathered', 'reference', 'varlen'\)",
+        ),
     ],
 )
 def test_bad_arguments(change, match):
@@ -43,7 +52,9 @@ def test_bad_arguments(change, match):
 
 def test_bad_tensors():
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match=r"q must be a 4-D tensor \[B, S, H, D\], got \(24, 2, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"q must be a 4-D tensor \[B, S, H, D\], got \(24, 2, 8\)"
+    ):
         vmoba_attention(q[0], k, v, grid=GRID, block=1)
     with pytest.raises(ValueError, match=r"k must match q in shape"):
         vmoba_attention(q, k[:, :12], v, grid=GRID, block=1)
@@ -61,5 +72,8 @@ def test_registry_names_and_auto_choice():
     assert resolve_backend("auto", cuda, torch.bfloat16, 36).name == "chunked"  # varlen: D % 8
     assert resolve_backend("auto", cuda, torch.float32, 128).name == "chunked"
     assert resolve_backend("reference", cpu, torch.bfloat16, 64).name == "reference"
-    with pytest.raises(ValueError, match=r"backend 'varlen' does not support torch.float32 tensors of head dim 64 on cpu"):
+    with pytest.raises(
+        ValueError,
+        match=r"backend 'varlen' does not support torch.float32 tensors of head dim 64 on cpu",
+    ):
         resolve_backend("varlen", cpu, torch.float32, 64)

@@ -39,5 +39,7 @@ class VMoBACLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.precision is None:
-            gpu = config.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+            gpu = (
+                config.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+            )
             config.trainer.precision = "bf16-mixed" if gpu else "32-true"

@@ -33,7 +33,9 @@ def step_generator(device: torch.device, *keys: int) -> torch.Generator:
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """``[C, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, C]``."""
-    return ((video.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).cpu().numpy()
+    return (
+        ((video.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).cpu().numpy()
+    )
 
 
 class VMoBAFlowMatching(L.LightningModule):
@@ -95,9 +97,13 @@ class VMoBAFlowMatching(L.LightningModule):
             self.dit.transformer.enable_gradient_checkpointing()
         text_dim = self.dit.transformer.config.text_dim
         if text_encoder_path is None:
-            self.text_encoder = TextEncoder.tiny(dim=text_dim, max_length=text_max_length, seed=seed)
+            self.text_encoder = TextEncoder.tiny(
+                dim=text_dim, max_length=text_max_length, seed=seed
+            )
         else:
-            self.text_encoder = TextEncoder.from_pretrained(text_encoder_path, max_length=text_max_length)
+            self.text_encoder = TextEncoder.from_pretrained(
+                text_encoder_path, max_length=text_max_length
+            )
         if self.text_encoder.out_dim != text_dim:
             raise ValueError(
                 f"text encoder width {self.text_encoder.out_dim} != transformer text_dim {text_dim}"
@@ -107,16 +113,26 @@ class VMoBAFlowMatching(L.LightningModule):
         self.val_loss_end: Optional[float] = None
         self.step_seconds: list[float] = []
         self._step_start = 0.0
+        self._sample_captions: list[str] = []  # prompts of the samples: the first val captions
+        self._sample_shape: tuple[int, ...] = ()  # (C, T, H, W) of one sample
 
     def flow_matching_loss(
-        self, video: torch.Tensor, captions: list[str], generator: torch.Generator, *, dropout: float
+        self,
+        video: torch.Tensor,
+        captions: list[str],
+        generator: torch.Generator,
+        *,
+        dropout: float,
     ) -> torch.Tensor:
         """MSE between predicted and true velocity for clean ``video`` ``[B, C, T, H, W]``."""
         batch = video.shape[0]
-        t = shift_timesteps(torch.rand(batch, generator=generator, device=video.device), self.hparams.flow_shift)
+        u = torch.rand(batch, generator=generator, device=video.device)
+        t = shift_timesteps(u, self.hparams.flow_shift)
         drop = torch.rand(batch, generator=generator, device=video.device) < dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        noise = torch.randn(video.shape, generator=generator, device=video.device, dtype=video.dtype)
+        noise = torch.randn(
+            video.shape, generator=generator, device=video.device, dtype=video.dtype
+        )
         t_ = t.view(-1, 1, 1, 1, 1).to(video.dtype)
         noisy = (1 - t_) * video + t_ * noise
         velocity = self.dit(noisy, t * 1000, self.text_encoder(captions))
@@ -182,9 +198,14 @@ class VMoBAFlowMatching(L.LightningModule):
         """Sample videos for the first validation captions and write them as mp4 files."""
         text = self.text_encoder(self._sample_captions)
         videos = sample_videos(
-            self.dit, text, self.text_encoder([""]), self._sample_shape,
-            steps=self.hparams.sample_steps, guidance_scale=self.hparams.guidance_scale,
-            flow_shift=self.hparams.flow_shift, dense_fraction=self.hparams.dense_fraction,
+            self.dit,
+            text,
+            self.text_encoder([""]),
+            self._sample_shape,
+            steps=self.hparams.sample_steps,
+            guidance_scale=self.hparams.guidance_scale,
+            flow_shift=self.hparams.flow_shift,
+            dense_fraction=self.hparams.dense_fraction,
             generator=step_generator(self.device, self.hparams.seed, 2_000_000),
         )
         folder.mkdir(parents=True, exist_ok=True)
@@ -203,13 +224,17 @@ class VMoBAFlowMatching(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
-        steady = self.step_seconds[len(self.step_seconds) // 10:] or self.step_seconds
+        steady = self.step_seconds[len(self.step_seconds) // 10 :] or self.step_seconds
         summary = dict(
             global_step=self.global_step,
             train_loss=metrics.get("train/loss"),
             val_loss_start=self.val_loss_start,
             val_loss_end=self.val_loss_end,
-            density={k: metrics[f"train/density_{k}"] for k in ("1d", "2d", "3d") if f"train/density_{k}" in metrics},
+            density={
+                k: metrics[f"train/density_{k}"]
+                for k in ("1d", "2d", "3d")
+                if f"train/density_{k}" in metrics
+            },
             attention=self.settings.attention,
             median_step_s=float(np.median(steady)) if steady else None,
             tokens_per_s=metrics.get("train/tokens_per_s"),
@@ -220,17 +245,27 @@ class VMoBAFlowMatching(L.LightningModule):
     def _skipped_videos(self) -> dict[str, int]:
         """Unreadable or too-short videos each split skipped (main process only)."""
         datamodule = self.trainer.datamodule
-        splits = {"train": getattr(datamodule, "train_dataset", None), "val": getattr(datamodule, "val_dataset", None)}
+        splits = {
+            "train": getattr(datamodule, "train_dataset", None),
+            "val": getattr(datamodule, "val_dataset", None),
+        }
         counts = {name: len(ds.skipped) for name, ds in splits.items() if ds is not None}
         if any(counts.values()):
-            rank_zero_warn(f"skipped unreadable or too-short videos: {counts} (see the warnings above)")
+            rank_zero_warn(
+                f"skipped unreadable or too-short videos: {counts} (see the warnings above)"
+            )
         return counts
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.dit.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=self.hparams.betas
+            params,
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            betas=self.hparams.betas,
         )
         warmup = max(1, self.hparams.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -103,4 +103,3 @@ register_backend(Backend("reference", reference_attention, priority=0))
 register_backend(Backend("chunked", chunked_attention, priority=10))
 register_backend(Backend("gathered", gathered_attention, priority=20, supports=_cpu))
 register_backend(Backend("varlen", varlen_attention, priority=30, supports=_cuda_half))
-

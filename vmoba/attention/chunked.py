@@ -21,7 +21,10 @@ def _chunk_rows(batch: int, heads: int, tokens: int) -> int:
 
 
 def _chunk_probs(
-    q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor, key_block: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    keep: torch.Tensor,
+    key_block: torch.Tensor,
     lse: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked probabilities ``[B, H, c, S]`` of a chunk of queries and their log-sum-exp ``[B, H, c]``.

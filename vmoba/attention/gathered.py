@@ -60,7 +60,9 @@ class _GatheredAttention(torch.autograd.Function):
             q_rows, k_block, grad_rows = q[b, h, rows], k[b, h, keys], grad_out[b, h, rows]
             probs = (q_rows @ k_block.T).mul_(scale).sub_(lse[b, h, rows, None]).exp_()
             grad_v[b, h, keys] += probs.T @ grad_rows
-            grad_scores = (grad_rows @ v[b, h, keys].T).sub_(delta[b, h, rows, None]).mul_(probs).mul_(scale)
+            grad_scores = (
+                (grad_rows @ v[b, h, keys].T).sub_(delta[b, h, rows, None]).mul_(probs).mul_(scale)
+            )
             grad_q[b, h].index_add_(0, rows, grad_scores @ k_block)
             grad_k[b, h, keys] += grad_scores.T @ q_rows
         return grad_q, grad_k, grad_v, None, None

@@ -131,7 +131,9 @@ def select_blocks(
     is_self = _to_pools(self_block_mask(partition, gates.device).expand(shape), config.scope)
     pools = _to_pools(gates, config.scope)
     # Ranking in the gates' own dtype gives the float64 order (the upcast is exact and monotone).
-    ranked, order = pools.masked_fill(is_self, float("-inf")).sort(dim=-1, descending=True, stable=True)
+    ranked, order = pools.masked_fill(is_self, float("-inf")).sort(
+        dim=-1, descending=True, stable=True
+    )
     num_self = is_self.sum(-1)
     if config.select == "topk":
         counts = (config.topk - 1) * num_self

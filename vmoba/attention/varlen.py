@@ -70,7 +70,16 @@ class _VarlenVMoBA(torch.autograd.Function):
         scale = q.shape[-1] ** -0.5
         q_packed = q[rows].unsqueeze(1)  # [total_q, 1, D]
         out, lse, seed, offset, _ = torch.ops.aten._flash_attention_forward(
-            q_packed, k.unsqueeze(1), v.unsqueeze(1), cu_q, cu_k, max_q, max_k, 0.0, False, False,
+            q_packed,
+            k.unsqueeze(1),
+            v.unsqueeze(1),
+            cu_q,
+            cu_k,
+            max_q,
+            max_k,
+            0.0,
+            False,
+            False,
             scale=scale,
         )
         merged, merged_lse = _merge(out.squeeze(1), lse.reshape(-1), rows, q.shape[0])
@@ -83,9 +92,21 @@ class _VarlenVMoBA(torch.autograd.Function):
     def backward(ctx, grad_out):
         q_packed, k, v, rows, cu_q, cu_k, merged, merged_lse, seed, offset = ctx.saved_tensors
         grad_q, grad_k, grad_v = torch.ops.aten._flash_attention_backward(
-            grad_out[rows].unsqueeze(1).contiguous(), q_packed, k.unsqueeze(1), v.unsqueeze(1),
-            merged[rows].unsqueeze(1), merged_lse[rows].unsqueeze(0).contiguous(), cu_q, cu_k,
-            ctx.max_q, ctx.max_k, 0.0, False, seed, offset, scale=ctx.scale,
+            grad_out[rows].unsqueeze(1).contiguous(),
+            q_packed,
+            k.unsqueeze(1),
+            v.unsqueeze(1),
+            merged[rows].unsqueeze(1),
+            merged_lse[rows].unsqueeze(0).contiguous(),
+            cu_q,
+            cu_k,
+            ctx.max_q,
+            ctx.max_k,
+            0.0,
+            False,
+            seed,
+            offset,
+            scale=ctx.scale,
         )
         grad_q = torch.zeros(merged.shape, dtype=torch.float32, device=merged.device).index_add_(
             0, rows, grad_q.squeeze(1).float()
@@ -114,5 +135,7 @@ def varlen_attention(
     rows, cu_q, cu_k, max_q, max_k = _segments(keep, partition)
     perm = partition.perm.to(q.device)
     flat = lambda x: x.transpose(1, 2).reshape(-1, dim)  # noqa: E731  [B*H*S, D]
-    out = _VarlenVMoBA.apply(flat(q), flat(k[:, perm]), flat(v[:, perm]), rows, cu_q, cu_k, max_q, max_k)
+    out = _VarlenVMoBA.apply(
+        flat(q), flat(k[:, perm]), flat(v[:, perm]), rows, cu_q, cu_k, max_q, max_k
+    )
     return out.view(batch, heads, tokens, dim).transpose(1, 2)

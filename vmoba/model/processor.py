@@ -107,6 +107,8 @@ class VMoBAAttnProcessor:
         if self.grid is None:
             raise RuntimeError("VMoBAAttnProcessor.grid is unset: call it through VideoDiT")
         backend = resolve_backend(self.backend, q.device, q.dtype, q.shape[-1])
-        partition, keep = vmoba_selection(q, k, grid=self.grid, block=self.block, config=self.selection)
+        partition, keep = vmoba_selection(
+            q, k, grid=self.grid, block=self.block, config=self.selection
+        )
         self.density = kept_density(keep, partition)
         return backend.attend(q, k, v, keep, partition)

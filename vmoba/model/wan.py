@@ -13,8 +13,16 @@ from vmoba.attention import LAYER_KINDS
 from vmoba.model.processor import VMoBAAttnProcessor, VMoBASettings
 
 TINY_WAN = dict(
-    patch_size=[1, 2, 2], num_attention_heads=4, attention_head_dim=16, in_channels=3,
-    out_channels=3, text_dim=64, freq_dim=64, ffn_dim=128, num_layers=3, rope_max_seq_len=256,
+    patch_size=[1, 2, 2],
+    num_attention_heads=4,
+    attention_head_dim=16,
+    in_channels=3,
+    out_channels=3,
+    text_dim=64,
+    freq_dim=64,
+    ffn_dim=128,
+    num_layers=3,
+    rope_max_seq_len=256,
 )
 
 
@@ -85,7 +93,9 @@ class VideoDiT(torch.nn.Module):
         """Mean kept density per layer kind over the last VMoBA forward (0-dim tensors)."""
         result = {}
         for kind in LAYER_KINDS:
-            values = [p.density for p in self.processors if p.kind == kind and p.density is not None]
+            values = [
+                p.density for p in self.processors if p.kind == kind and p.density is not None
+            ]
             if values:
                 result[kind] = torch.stack(values).mean()
         return result
