@@ -11,7 +11,7 @@ Every rule keeps the query's own block (its *self block*) and then the best othe
   one block over all (head, query) of a sample.
 
 Pools never span samples, so each sample's selection is independent of the rest of the batch.
-The arithmetic runs in float64 so that ``tau = 1`` keeps everything despite the 1e-6 guards.
+The rule's sums run in float64 so that ``tau = 1`` keeps everything despite the 1e-6 guards.
 """
 
 from __future__ import annotations
@@ -92,24 +92,35 @@ def _from_pools(x: torch.Tensor, scope: Scope, shape: torch.Size) -> torch.Tenso
     return x.reshape(b, h, s, n)
 
 
+def _row_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums along the rows of ``[P, M]`` as one flat scan minus each row's offset
+    (GPU scans of a few long rows run a block per row and are slow)."""
+    flat = x.reshape(-1).cumsum(0).view_as(x)
+    return flat - (flat[:, :1] - x[:, :1])
+
+
 def _threshold_counts(
     gates: torch.Tensor, is_self: torch.Tensor, ranked: torch.Tensor, tau: float
 ) -> torch.Tensor:
     """Other entries to keep per pool: the shortest prefix of ``ranked`` reaching ``tau``.
 
+    Works on un-normalised gates: ``sum((g - low) / span) < x`` is ``sum(g - low) < x * span``.
+    Sums run in float64 (min, max and the ranking are exact in the gates' dtype).
+
     Args:
-        gates, is_self: ``[P, M]`` pool entries (float64) and their self flags.
+        gates, is_self: ``[P, M]`` pool entries and their self flags.
         ranked: ``[P, M]`` gates of the other entries, descending, then ``-inf`` for self entries.
     """
-    low = gates.amin(-1, keepdim=True)
-    span = gates.amax(-1, keepdim=True) - low
+    low = gates.amin(-1).double()
+    span = gates.amax(-1).double() - low
     span = torch.where(span <= _RANGE_EPS, torch.ones_like(span), span)
-    normed = (gates - low) / span
-    total = normed.sum(-1) + _TOTAL_EPS
-    needed = (tau - (normed * is_self).sum(-1) / total).clamp_min(0.0)
+    total = (gates.sum(-1, dtype=torch.float64) - gates.shape[-1] * low) / span + _TOTAL_EPS
+    self_gates = torch.where(is_self, gates, 0.0).sum(-1, dtype=torch.float64)
+    self_mass = (self_gates - is_self.sum(-1) * low) / span
+    needed = (tau - self_mass / total).clamp_min(0.0)
     others = ~torch.isinf(ranked)
-    share = torch.cumsum(torch.where(others, (ranked - low) / span, 0.0), -1) / total[:, None]
-    short = (share < needed[:, None]) & others  # prefixes that do not reach `needed` yet
+    mass = _row_cumsum(torch.where(others, ranked.double() - low[:, None], 0.0))
+    short = (mass < (needed * total * span)[:, None]) & others  # prefixes short of `needed`
     return short.sum(-1) + 1
 
 
@@ -138,9 +149,7 @@ def select_blocks(
     if config.select == "topk":
         counts = (config.topk - 1) * num_self
     else:
-        counts = _threshold_counts(
-            pools.to(torch.float64), is_self, ranked.to(torch.float64), float(config.threshold)
-        )
+        counts = _threshold_counts(pools, is_self, ranked, float(config.threshold))
     counts = torch.minimum(counts, is_self.shape[-1] - num_self)
     ranks = torch.arange(is_self.shape[-1], device=gates.device)
     chosen = torch.zeros_like(is_self).scatter_(-1, order, ranks < counts[:, None])
