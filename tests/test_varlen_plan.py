@@ -3,7 +3,8 @@
 import torch
 
 from vmoba.attention import block_partition
-from vmoba.attention.varlen import _merge, _segments
+from vmoba.attention.segment_merge import merge_by_lse, rows_by_destination, sum_by_destination
+from vmoba.attention.varlen import _segments
 
 
 def test_segments_pack_each_sample_head_block_with_its_queries():
@@ -33,7 +34,17 @@ def test_merge_equals_softmax_over_the_union_of_segments():
         rows.append(torch.arange(4))
         outs.append(s.softmax(-1) @ v)
         lses.append(torch.logsumexp(s, -1))
-    merged, lse = _merge(torch.cat(outs), torch.cat(lses), torch.cat(rows), 4)
+    rows = torch.cat(rows)
+    merged, lse = merge_by_lse(torch.cat(outs), torch.cat(lses), rows, *rows_by_destination(rows, 4))
     expected = torch.cat(scores, -1).softmax(-1) @ torch.cat(values)
     torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lse, torch.logsumexp(torch.cat(scores, -1), -1))
+
+
+def test_sum_by_destination_and_csr_order():
+    rows = torch.tensor([2, 0, 2, 1, 0, 2])
+    order, starts = rows_by_destination(rows, 4)
+    assert order.tolist() == [1, 4, 3, 0, 2, 5] and starts.tolist() == [0, 2, 3, 6, 6]
+    x = torch.arange(12.0).view(6, 2)
+    expected = torch.tensor([[2.0 + 8, 3 + 9], [6, 7], [0 + 4 + 10, 1 + 5 + 11], [0, 0]])
+    assert torch.equal(sum_by_destination(x, rows, order, starts), expected)

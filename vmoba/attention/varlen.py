@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from vmoba.attention.partition import BlockPartition
+from vmoba.attention.segment_merge import merge_by_lse, rows_by_destination, sum_by_destination
 
 
 def _segments(keep: torch.Tensor, partition: BlockPartition):
@@ -48,20 +49,6 @@ def _segments(keep: torch.Tensor, partition: BlockPartition):
     return rows, cu_q, cu_k, max_q, max_k
 
 
-def _merge(out: torch.Tensor, lse: torch.Tensor, rows: torch.Tensor, total: int):
-    """Merge packed segment outputs ``[total_q, D]`` by log-sum-exp ``[total_q]`` into
-    ``[total, D]`` (float32) and the merged log-sum-exp ``[total]``."""
-    peak = torch.full((total,), float("-inf"), device=lse.device).scatter_reduce(
-        0, rows, lse, "amax", include_self=True
-    )
-    weight = torch.exp(lse - peak[rows])
-    norm = torch.zeros(total, device=lse.device).index_add_(0, rows, weight)
-    merged = torch.zeros(total, out.shape[-1], device=out.device).index_add_(
-        0, rows, out.float() * (weight / norm[rows])[:, None]
-    )
-    return merged, peak + norm.log()
-
-
 class _VarlenVMoBA(torch.autograd.Function):
     """q ``[B*H*S, D]`` raster order, k, v ``[B*H*S, D]`` block order (fp16/bf16)."""
 
@@ -82,15 +69,19 @@ class _VarlenVMoBA(torch.autograd.Function):
             False,
             scale=scale,
         )
-        merged, merged_lse = _merge(out.squeeze(1), lse.reshape(-1), rows, q.shape[0])
-        merged = merged.to(q.dtype)
-        ctx.save_for_backward(q_packed, k, v, rows, cu_q, cu_k, merged, merged_lse, seed, offset)
+        order, starts = rows_by_destination(rows, q.shape[0])
+        merged, merged_lse = merge_by_lse(out.squeeze(1), lse.reshape(-1), rows, order, starts)
+        ctx.save_for_backward(
+            q_packed, k, v, rows, order, starts, cu_q, cu_k, merged, merged_lse, seed, offset
+        )
         ctx.max_q, ctx.max_k, ctx.scale = max_q, max_k, scale
         return merged
 
     @staticmethod
     def backward(ctx, grad_out):
-        q_packed, k, v, rows, cu_q, cu_k, merged, merged_lse, seed, offset = ctx.saved_tensors
+        q_packed, k, v, rows, order, starts, cu_q, cu_k, merged, merged_lse, seed, offset = (
+            ctx.saved_tensors
+        )
         grad_q, grad_k, grad_v = torch.ops.aten._flash_attention_backward(
             grad_out[rows].unsqueeze(1).contiguous(),
             q_packed,
@@ -108,10 +99,8 @@ class _VarlenVMoBA(torch.autograd.Function):
             offset,
             scale=ctx.scale,
         )
-        grad_q = torch.zeros(merged.shape, dtype=torch.float32, device=merged.device).index_add_(
-            0, rows, grad_q.squeeze(1).float()
-        )
-        return grad_q.to(merged.dtype), grad_k.squeeze(1), grad_v.squeeze(1), *[None] * 5
+        grad_q = sum_by_destination(grad_q.squeeze(1), rows, order, starts)
+        return grad_q, grad_k.squeeze(1), grad_v.squeeze(1), *[None] * 5
 
 
 def varlen_attention(
