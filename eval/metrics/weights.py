@@ -1,0 +1,111 @@
+"""Loading pretrained models from local files only (nothing is ever downloaded).
+
+Each loader is cached on its plain-Python arguments, so metrics sharing a model load it once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from eval.metrics.base import MetricUnavailable
+
+# What each ``--weights KEY=PATH`` expects; quoted in "unavailable" reasons.
+WEIGHT_FILES: dict[str, str] = {
+    "dino": "DINO ViT-B/16 checkpoint dino_vitbase16_pretrain.pth "
+    "(dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/), the model VBench uses",
+    "clip": "open_clip checkpoint for --clip-model (default ViT-B-32-quickgelu = OpenAI CLIP "
+    "ViT-B/32 as in VBench: open_clip_pytorch_model.bin from HF timm/vit_base_patch32_clip_224.openai)",
+    "raft": "torchvision RAFT state dict for --raft-arch (large: raft_large_C_T_V1-22a6c225.pth, "
+    "the port of RAFT raft-things.pth that VBench uses; small: raft_small_C_T_V2-01064c6d.pth)",
+    "musiq": "pyiqa MUSIQ checkpoint musiq_spaq_ckpt-358bb6af.pth as in VBench "
+    "(also needs `pip install pyiqa`)",
+    "lpips": "torchvision ImageNet backbone for --lpips-net (alex: alexnet-owt-7be5be79.pth, "
+    "vgg: vgg16-397923af.pth); the LPIPS linear heads ship with torchmetrics",
+}
+
+
+def weight_path(weights: Mapping[str, Path], key: str) -> str:
+    """The local file given as ``--weights key=PATH``.
+
+    Raises:
+        MetricUnavailable: ``key`` was not given; the message names the expected file.
+    """
+    if key not in weights:
+        raise MetricUnavailable(f"needs --weights {key}=PATH: {WEIGHT_FILES[key]}")
+    return str(weights[key])
+
+
+def _check_file(path: str, key: str) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"--weights {key}={path}: no such file; expected {WEIGHT_FILES[key]}"
+        )
+
+
+@functools.cache
+def load_dino(path: str) -> torch.nn.Module:
+    """DINO ViT-B/16 (timm, no head): ``[N, 3, H, W]`` ImageNet-normalised -> CLS features ``[N, 768]``."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    _check_file(path, "dino")
+    model = timm.create_model(
+        "vit_base_patch16_224.dino", pretrained=False, num_classes=0, dynamic_img_size=True
+    )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+    return model.eval()
+
+
+@functools.cache
+def load_clip(path: str, model_name: str) -> tuple[torch.nn.Module, object]:
+    """open_clip model ``model_name`` with weights from ``path``, and its tokenizer."""
+    import open_clip
+
+    _check_file(path, "clip")
+    model = open_clip.create_model(model_name, pretrained=path, require_pretrained=True)
+    return model.eval(), open_clip.get_tokenizer(model_name)
+
+
+@functools.cache
+def load_raft(path: str, arch: str) -> torch.nn.Module:
+    """torchvision RAFT (``arch`` 'large' or 'small') with the state dict at ``path``."""
+    from torchvision.models.optical_flow import raft_large, raft_small
+
+    builders = {"large": raft_large, "small": raft_small}
+    if arch not in builders:
+        raise ValueError(f"raft_arch must be one of {sorted(builders)}, got {arch!r}")
+    _check_file(path, "raft")
+    model = builders[arch](weights=None)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return model.eval()
+
+
+@functools.cache
+def load_musiq(path: str) -> torch.nn.Module:
+    """pyiqa MUSIQ with the checkpoint at ``path``: ``[1, 3, H, W]`` in [0, 1] -> score (0-100)."""
+    from pyiqa.archs.musiq_arch import MUSIQ
+
+    _check_file(path, "musiq")
+    return MUSIQ(pretrained_model_path=path).eval()
+
+
+@functools.cache
+def load_lpips(path: str, net: str) -> torch.nn.Module:
+    """torchmetrics' LPIPS network with its bundled linear heads and the backbone from ``path``."""
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    if net not in ("alex", "vgg"):
+        raise ValueError(f"lpips_net must be 'alex' or 'vgg', got {net!r}")
+    _check_file(path, "lpips")
+    lpips = _LPIPS(pretrained=True, net=net, pnet_rand=True)  # random backbone, replaced below
+    backbone = torch.load(path, map_location="cpu", weights_only=True)
+    # The backbone is split into slices whose children keep torchvision's ``features`` indices.
+    lpips.net.load_state_dict(
+        {name: backbone["features." + name.split(".", 1)[1]] for name in lpips.net.state_dict()}
+    )
+    return lpips.eval()
