@@ -1,6 +1,7 @@
 """The training entry point: CLI fit end to end, resume, bad data, configs, flow matching."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,15 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     validated = VMoBACLI(args=["validate", *_args(run_dir, synthetic_root), ckpt])
     tested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt])
     val_loss = validated.trainer.callback_metrics["val/loss"].item()
-    assert tested.trainer.callback_metrics["test/loss"].item() == pytest.approx(val_loss, rel=1e-6)
+    test_metrics = tested.trainer.callback_metrics
+    assert test_metrics["test/loss"].item() == pytest.approx(val_loss, rel=1e-6)
+    assert 0 < test_metrics["test/temporal_flickering"].item() <= 1  # needs no weights
+    assert "test/psnr" not in test_metrics  # no reference videos: skipped with a warning
+    reference = shutil.copytree(run_dir / "test_samples", tmp_path / "reference")
+    retested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt,
+                              f"--model.test_reference_dir={reference}",
+                              "--model.test_metrics=[psnr, ssim]"])
+    assert retested.trainer.callback_metrics["test/ssim"].item() == pytest.approx(1.0)  # same seed
     predicted = VMoBACLI(
         args=["predict", *_args(run_dir, synthetic_root), ckpt, "--trainer.limit_predict_batches=1"]
     )
@@ -202,3 +211,17 @@ def test_sampling_runs_dense_for_the_first_quarter_of_steps():
     )
     assert modes == [True, True] + [False] * 6
     assert videos.shape == (2, 3, 4, 16, 16) and videos.abs().max() <= 1
+
+
+def test_plots_of_a_trained_run(tmp_path, synthetic_root):
+    from eval.plot_density import plot as plot_density
+    from eval.plot_density import read_densities
+    from eval.plot_selection import plot_checkpoint
+
+    run_dir = tmp_path / "run"
+    _fit(run_dir, synthetic_root, "--model.num_samples=0", "--trainer.max_steps=5")
+    series = read_densities(run_dir / "metrics.csv")
+    assert set(series) == {"1d", "2d", "3d"} and all(0 < v <= 1 for _, vs in series.values() for v in vs)
+    plot_density(run_dir, tmp_path / "density.png")
+    plot_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path / "selection.png", "a red circle", 0.5, 0, 0)
+    assert (tmp_path / "density.png").stat().st_size > 0 and (tmp_path / "selection.png").stat().st_size > 0

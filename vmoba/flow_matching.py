@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from data.video_io import write_mp4
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 from vmoba.sampling import sample_videos
+from vmoba.test_metrics import TestMetrics
 from vmoba.text import TextEncoder
 
 
@@ -65,6 +66,12 @@ class VMoBAFlowMatching(L.LightningModule):
         dense_fraction: share of the first denoising steps with dense attention (paper: 0.25).
         num_samples: videos sampled after each validation (0 disables sampling).
         sample_fps: frame rate of the saved mp4 files.
+        test_metrics: ``eval.metrics`` names scored on the videos ``test`` samples (None: all;
+            those whose weights or inputs are missing are skipped with a warning saying why).
+        metric_weights: ``{weights key: local file}`` for those metrics (``python -m eval.run
+            --help`` lists the keys and files).
+        test_reference_dir: folder of same-named reference videos (e.g. the ``test_samples`` of
+            the full-attention run) for psnr, ssim and lpips.
         seed: seeds the tiny text encoder, the training noise of every step and the samples.
     """
 
@@ -87,10 +94,18 @@ class VMoBAFlowMatching(L.LightningModule):
         dense_fraction: float = 0.25,
         num_samples: int = 2,
         sample_fps: int = 8,
+        test_metrics: Optional[list[str]] = None,
+        metric_weights: Optional[dict[str, str]] = None,
+        test_reference_dir: Optional[str] = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Evaluation-only settings stay out of the checkpoint's hyperparameters: LightningCLI
+        # applies those over the command line when --ckpt_path is given.
+        self.save_hyperparameters(ignore=["test_metrics", "metric_weights", "test_reference_dir"])
+        self.test_metric_names = test_metrics
+        self.metric_weights = metric_weights
+        self.test_reference_dir = test_reference_dir
         self.settings = attention or VMoBASettings()
         self.dit = VideoDiT(load_transformer(transformer, pretrained_path), self.settings)
         if gradient_checkpointing:
@@ -172,17 +187,32 @@ class VMoBAFlowMatching(L.LightningModule):
             self._sample_shape = tuple(batch["video"].shape[1:])
         return loss
 
+    def on_test_epoch_start(self) -> None:
+        self._test_metrics = TestMetrics(
+            self.test_metric_names, self.metric_weights, self.test_reference_dir
+        )
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Validation's loss on the test loader (same seeded noise), logged as ``test/loss``."""
+        """Validation's loss (same seeded noise) as ``test/loss``; then one video sampled per
+        caption into ``<run dir>/test_samples/`` and scored by ``test_metrics``."""
         loss = self.evaluation_loss(batch, batch_idx)
         self.log("test/loss", loss, batch_size=batch["video"].shape[0])
+        if self._test_metrics.ready:
+            paths = self._sample_batch(batch, batch_idx, "test_samples")
+            self._test_metrics.score(paths, batch["caption"])
         return loss
+
+    def on_test_epoch_end(self) -> None:
+        for name, mean in self._test_metrics.means().items():
+            self.log(f"test/{name}", mean)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[Path]:
         """Sample one video per caption of ``batch``, saved under ``<run dir>/predictions/``."""
-        self._sample_captions = batch["caption"]
-        self._sample_shape = tuple(batch["video"].shape[1:])
-        return self.save_samples(self.run_dir / "predictions", f"batch{batch_idx:04d}")
+        return self._sample_batch(batch, batch_idx, "predictions")
+
+    def _sample_batch(self, batch: dict[str, Any], batch_idx: int, folder: str) -> list[Path]:
+        shape = tuple(batch["video"].shape[1:])
+        return self.save_samples(self.run_dir / folder, f"batch{batch_idx:04d}", batch["caption"], shape)
 
     def on_validation_epoch_end(self) -> None:
         mean = torch.stack(self.val_losses).mean().item()
@@ -192,16 +222,24 @@ class VMoBAFlowMatching(L.LightningModule):
             return
         self.val_loss_end = mean
         if self.hparams.num_samples > 0 and self.trainer.is_global_zero:
-            self.save_samples(self.run_dir / "samples", f"step{self.global_step:06d}")
+            self.save_samples(
+                self.run_dir / "samples",
+                f"step{self.global_step:06d}",
+                self._sample_captions,
+                self._sample_shape,
+            )
 
-    def save_samples(self, folder: Path, prefix: str) -> list[Path]:
-        """Sample videos for the first validation captions and write them as mp4 files."""
-        text = self.text_encoder(self._sample_captions)
+    def save_samples(
+        self, folder: Path, prefix: str, captions: list[str], shape: tuple[int, ...]
+    ) -> list[Path]:
+        """Sample one video of ``shape`` ``(C, T, H, W)`` per caption and write them as mp4 files
+        named ``<prefix>_<i>_<caption>.mp4`` (the same names in every run with the same seed)."""
+        text = self.text_encoder(captions)
         videos = sample_videos(
             self.dit,
             text,
             self.text_encoder([""]),
-            self._sample_shape,
+            shape,
             steps=self.hparams.sample_steps,
             guidance_scale=self.hparams.guidance_scale,
             flow_shift=self.hparams.flow_shift,
@@ -210,7 +248,7 @@ class VMoBAFlowMatching(L.LightningModule):
         )
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, (video, caption) in enumerate(zip(videos, self._sample_captions)):
+        for i, (video, caption) in enumerate(zip(videos, captions)):
             paths.append(folder / f"{prefix}_{i}_{caption.replace(' ', '_')[:60]}.mp4")
             write_mp4(paths[-1], to_uint8_frames(video), fps=self.hparams.sample_fps)
         return paths

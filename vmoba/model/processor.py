@@ -15,7 +15,7 @@ from vmoba.attention import (
     resolve_backend,
     vmoba_selection,
 )
-from vmoba.attention.partition import BlockSpec, Grid, LayerKind
+from vmoba.attention.partition import BlockPartition, BlockSpec, Grid, LayerKind
 
 
 @dataclass
@@ -80,6 +80,8 @@ class VMoBAAttnProcessor:
         self.grid: Optional[Grid] = None
         self.dense = False
         self.density: Optional[torch.Tensor] = None
+        self.record_selection = False  # keep the last (partition, keep mask) for pictures
+        self.selection_record: Optional[tuple[BlockPartition, torch.Tensor]] = None
 
     def __call__(
         self,
@@ -111,4 +113,6 @@ class VMoBAAttnProcessor:
             q, k, grid=self.grid, block=self.block, config=self.selection
         )
         self.density = kept_density(keep, partition)
+        if self.record_selection:
+            self.selection_record = (partition, keep)
         return backend.attend(q, k, v, keep, partition)
