@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -249,7 +250,8 @@ class VMoBAFlowMatching(L.LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, (video, caption) in enumerate(zip(videos, captions)):
-            paths.append(folder / f"{prefix}_{i}_{caption.replace(' ', '_')[:60]}.mp4")
+            slug = re.sub(r"[^A-Za-z0-9-]+", "_", caption).strip("_")[:60]  # file-name safe
+            paths.append(folder / f"{prefix}_{i}_{slug}.mp4")
             write_mp4(paths[-1], to_uint8_frames(video), fps=self.hparams.sample_fps)
         return paths
 
