@@ -86,11 +86,10 @@ def plot_toy(config: SelectionConfig, out: Path, seed: int = 0) -> None:
 def plot_checkpoint(checkpoint: Path, out: Path, caption: str, t: float, head: int, seed: int) -> None:
     """One panel per layer kind (its first layer) of a trained model, on a noisy input at
     noise level ``t`` shaped like its training clips."""
-    from vmoba.flow_matching import VMoBAFlowMatching
+    from vmoba.sample import load_for_sampling
 
-    model = VMoBAFlowMatching.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    data = torch.load(checkpoint, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]
-    shape = (1, model.dit.transformer.config.in_channels, data["num_frames"], *data["resolution"])
+    model, clip = load_for_sampling(checkpoint)
+    shape = (1, *clip)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     first = {}
     for index, processor in enumerate(model.dit.processors):

@@ -213,6 +213,24 @@ def test_sampling_runs_dense_for_the_first_quarter_of_steps():
     assert videos.shape == (2, 3, 4, 16, 16) and videos.abs().max() <= 1
 
 
+def test_sample_command_writes_videos_and_settings(tmp_path, synthetic_root):
+    from vmoba.sample import main as sample_main
+
+    run_dir = tmp_path / "run"
+    _fit(run_dir, synthetic_root, "--model.num_samples=0", "--trainer.max_steps=2")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\n\na green/blue square moving up\n")
+    out = tmp_path / "samples"
+    sample_main(["--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--prompts", str(prompts),
+                 "--out", str(out), "--steps", "4"])
+    settings = json.loads((out / "settings.json").read_text())
+    files = [v["file"] for v in settings["videos"]]
+    assert files == ["000_a_red_circle_moving_left.mp4", "001_a_green_blue_square_moving_up.mp4"]
+    assert all((out / f).stat().st_size > 0 for f in files)
+    assert settings["shape"] == [3, 4, 32, 32] and settings["layer_kinds"] == ["1d", "2d", "3d"]
+    assert all(0 < d <= 1 for v in settings["videos"] for d in v["layer_density"])
+
+
 def test_plots_of_a_trained_run(tmp_path, synthetic_root):
     from eval.plot_density import plot as plot_density
     from eval.plot_density import read_densities

@@ -33,6 +33,11 @@ def step_generator(device: torch.device, *keys: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def caption_slug(caption: str) -> str:
+    """File-name-safe form of a caption: runs of other characters become ``_``, at most 60."""
+    return re.sub(r"[^A-Za-z0-9-]+", "_", caption).strip("_")[:60]
+
+
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """``[C, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, C]``."""
     return (
@@ -250,8 +255,7 @@ class VMoBAFlowMatching(L.LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, (video, caption) in enumerate(zip(videos, captions)):
-            slug = re.sub(r"[^A-Za-z0-9-]+", "_", caption).strip("_")[:60]  # file-name safe
-            paths.append(folder / f"{prefix}_{i}_{slug}.mp4")
+            paths.append(folder / f"{prefix}_{i}_{caption_slug(caption)}.mp4")
             write_mp4(paths[-1], to_uint8_frames(video), fps=self.hparams.sample_fps)
         return paths
 

@@ -1,0 +1,85 @@
+"""Sample videos from a trained checkpoint for the prompts of a file.
+
+    python -m vmoba.sample --checkpoint runs/default/checkpoints/last.ckpt --prompts prompts.txt \\
+        --out samples/ [--steps 30 --guidance 5 --flow-shift 3 --dense-fraction 0.25 --seed 0]
+
+Prompts: one per line. Writes one mp4 per prompt (``000_<prompt>.mp4``) and ``settings.json``: the
+sampling settings, the checkpoint, the video shape and each layer's kept density at the last
+denoising step (dense attention for the first ``dense_fraction`` of the steps, VMoBA after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from data.video_io import write_mp4
+from vmoba.flow_matching import VMoBAFlowMatching, caption_slug, step_generator, to_uint8_frames
+from vmoba.sampling import sample_videos
+
+
+def load_for_sampling(
+    checkpoint: Path, device: str = "cpu"
+) -> tuple[VMoBAFlowMatching, tuple[int, int, int, int]]:
+    """The model of a checkpoint (eval mode) and the ``(C, T, H, W)`` of its training clips."""
+    model = VMoBAFlowMatching.load_from_checkpoint(checkpoint, map_location=device).eval()
+    data = torch.load(checkpoint, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]
+    channels = model.dit.transformer.config.in_channels
+    return model, (channels, data["num_frames"], *data["resolution"])
+
+
+def read_prompts(path: Path) -> list[str]:
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts {path}: no prompts (one per line)")
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--prompts", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--flow-shift", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--dense-fraction", type=float, default=0.25)
+    parser.add_argument("--frames", type=int, default=None, help="default: the training clips'")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    model, (channels, frames, height, width) = load_for_sampling(args.checkpoint, args.device)
+    shape = (channels, args.frames or frames, *(args.size or (height, width)))
+    flow_shift = model.hparams.flow_shift if args.flow_shift is None else args.flow_shift
+    args.out.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for i, prompt in enumerate(read_prompts(args.prompts)):
+        video = sample_videos(
+            model.dit, model.text_encoder([prompt]), model.text_encoder([""]), shape,
+            steps=args.steps, guidance_scale=args.guidance, flow_shift=flow_shift,
+            dense_fraction=args.dense_fraction,
+            generator=step_generator(model.device, args.seed, i),
+        )[0]
+        name = f"{i:03d}_{caption_slug(prompt)}.mp4"
+        write_mp4(args.out / name, to_uint8_frames(video), fps=args.fps)
+        densities = [round(p.density.item(), 4) for p in model.dit.processors if p.density is not None]
+        videos.append(dict(file=name, prompt=prompt, layer_density=densities))
+    settings = dict(
+        checkpoint=str(args.checkpoint), shape=list(shape), steps=args.steps,
+        guidance_scale=args.guidance, flow_shift=flow_shift, dense_fraction=args.dense_fraction,
+        seed=args.seed, scheduler="FlowMatchEulerDiscreteScheduler",
+        attention=model.settings.attention,
+        layer_kinds=[p.kind for p in model.dit.processors], videos=videos,
+    )
+    (args.out / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
+    print(f"wrote {len(videos)} videos and settings.json to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
