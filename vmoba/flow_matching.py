@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from data.video_io import write_mp4
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
+from vmoba.model.vae import LatentCodec
 from vmoba.sampling import sample_videos
 from vmoba.test_metrics import TestMetrics
 from vmoba.text import TextEncoder
@@ -56,6 +57,8 @@ class VMoBAFlowMatching(L.LightningModule):
         transformer: ``WanTransformer3DModel`` constructor arguments (None: a tiny 3-layer model
             over RGB pixels). Ignored when ``pretrained_path`` is set.
         pretrained_path: local diffusers directory of a Wan transformer (or its pipeline) to load.
+        vae_path: local Wan VAE (``AutoencoderKLWan`` folder or a Wan pipeline root): the DiT then
+            trains on its normalised latents and samples are decoded by it; None trains on pixels.
         attention: VMoBA settings (``attention.attention: full`` trains the dense baseline).
         text_encoder_path: local UMT5 encoder + tokenizer (a Wan pipeline folder); None uses a
             seeded random T5 encoder over ByT5 bytes, needing no downloads.
@@ -85,6 +88,7 @@ class VMoBAFlowMatching(L.LightningModule):
         self,
         transformer: Optional[dict[str, Any]] = None,
         pretrained_path: Optional[str] = None,
+        vae_path: Optional[str] = None,
         attention: Optional[VMoBASettings] = None,
         text_encoder_path: Optional[str] = None,
         text_max_length: int = 32,
@@ -116,6 +120,7 @@ class VMoBAFlowMatching(L.LightningModule):
         self.dit = VideoDiT(load_transformer(transformer, pretrained_path), self.settings)
         if gradient_checkpointing:
             self.dit.transformer.enable_gradient_checkpointing()
+        self.codec = None if vae_path is None else LatentCodec.from_pretrained(vae_path)
         text_dim = self.dit.transformer.config.text_dim
         if text_encoder_path is None:
             self.text_encoder = TextEncoder.tiny(
@@ -145,7 +150,10 @@ class VMoBAFlowMatching(L.LightningModule):
         *,
         dropout: float,
     ) -> torch.Tensor:
-        """MSE between predicted and true velocity for clean ``video`` ``[B, C, T, H, W]``."""
+        """MSE between predicted and true velocity for clean ``video`` ``[B, 3, T, H, W]`` (or its
+        VAE latents)."""
+        if self.codec is not None:
+            video = self.codec.encode(video, generator)
         batch = video.shape[0]
         u = torch.rand(batch, generator=generator, device=video.device)
         t = shift_timesteps(u, self.hparams.flow_shift)
@@ -176,7 +184,10 @@ class VMoBAFlowMatching(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         seconds = time.perf_counter() - self._step_start
         self.step_seconds.append(seconds)
-        tokens = math.prod(self.dit.latent_grid(batch["video"])) * batch["video"].shape[0]
+        shape = tuple(batch["video"].shape[1:])
+        if self.codec is not None:
+            shape = self.codec.latent_shape(shape)
+        tokens = math.prod(self.dit.latent_grid(shape)) * batch["video"].shape[0]
         self.log("train/tokens_per_s", tokens / seconds, prog_bar=True)
 
     def evaluation_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -245,13 +256,15 @@ class VMoBAFlowMatching(L.LightningModule):
             self.dit,
             text,
             self.text_encoder([""]),
-            shape,
+            shape if self.codec is None else self.codec.latent_shape(shape),
             steps=self.hparams.sample_steps,
             guidance_scale=self.hparams.guidance_scale,
             flow_shift=self.hparams.flow_shift,
             dense_fraction=self.hparams.dense_fraction,
             generator=step_generator(self.device, self.hparams.seed, 2_000_000),
         )
+        if self.codec is not None:
+            videos = self.codec.decode(videos)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, (video, caption) in enumerate(zip(videos, captions)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from diffusers import WanTransformer3DModel
@@ -61,10 +61,10 @@ class VideoDiT(torch.nn.Module):
                 block.attn1.set_processor(processor)
                 self.processors.append(processor)
 
-    def latent_grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
-        """Token grid ``(T, Hg, Wg)`` of latents ``[B, C, T, H, W]`` after patchifying."""
+    def latent_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """Token grid ``(T, Hg, Wg)`` of latents of ``shape`` ``(..., T, H, W)`` after patchifying."""
         pt, ph, pw = self.transformer.config.patch_size
-        _, _, t, h, w = latents.shape
+        t, h, w = shape[-3:]
         return t // pt, h // ph, w // pw
 
     def forward(
@@ -72,7 +72,7 @@ class VideoDiT(torch.nn.Module):
     ) -> torch.Tensor:
         """Velocity ``[B, C, T, H, W]`` for latents ``[B, C, T, H, W]``, timesteps ``[B]`` in
         [0, 1000] and text embeddings ``[B, L, text_dim]``."""
-        grid = self.latent_grid(latents)
+        grid = self.latent_grid(latents.shape)
         for processor in self.processors:
             processor.grid = grid
         return self.transformer(latents, timestep, text, return_dict=False)[0]

@@ -1,0 +1,54 @@
+"""The frozen Wan 2.1 VAE as a codec between pixel videos and the DiT's normalised latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import AutoencoderKLWan
+
+
+class LatentCodec(torch.nn.Module):
+    """Videos ``[B, 3, T, H, W]`` in [-1, 1] <-> latents ``[B, z, (T - 1) / 4 + 1, H / 8, W / 8]``
+    normalised per channel with the VAE's ``latents_mean`` / ``latents_std`` (as Wan's pipeline).
+    Frozen: no gradients, always in eval mode."""
+
+    def __init__(self, vae: AutoencoderKLWan) -> None:
+        super().__init__()
+        self.vae = vae.requires_grad_(False)
+        channels = (1, vae.config.z_dim, 1, 1, 1)
+        self.register_buffer("mean", torch.tensor(vae.config.latents_mean).view(channels), persistent=False)
+        self.register_buffer("std", torch.tensor(vae.config.latents_std).view(channels), persistent=False)
+        self.train(False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> LatentCodec:
+        """Load ``AutoencoderKLWan`` from a local folder (a Wan pipeline root with ``vae/`` works)."""
+        path = Path(path).expanduser()
+        if (path / "vae").is_dir():
+            path = path / "vae"
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no Wan VAE (config.json) under {path}")
+        return cls(AutoencoderKLWan.from_pretrained(path, local_files_only=True))
+
+    def train(self, mode: bool = True) -> LatentCodec:
+        return super().train(False)
+
+    def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """``(3, T, H, W)`` of a video -> ``(z, T', H', W')`` of its latents."""
+        _, frames, height, width = shape
+        temporal, spatial = self.vae.config.scale_factor_temporal, self.vae.config.scale_factor_spatial
+        return self.vae.config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Sampled, normalised latents of ``video`` (``generator`` makes the sample repeatable)."""
+        posterior = self.vae.encode(video.to(self.vae.dtype)).latent_dist
+        return (posterior.sample(generator).float() - self.mean) / self.std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Videos in [-1, 1] of normalised ``latents``."""
+        video = self.vae.decode((latents * self.std + self.mean).to(self.vae.dtype)).sample
+        return video.float().clamp(-1, 1)
