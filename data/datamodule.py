@@ -47,6 +47,8 @@ class VideoDataModule(L.LightningDataModule):
             depend on ``seed``, so changing the seed never regenerates the cache.
         num_frames: frames per clip T, >= 1.
         frame_stride: step between sampled source frames, >= 1.
+        target_fps: sample clips at this frame rate instead of ``frame_stride`` (the stride of
+            each video becomes round(its fps / target_fps)); None uses ``frame_stride``.
         resolution: output (height, width) of every frame.
         batch_size: clips per batch B, >= 1.
         num_workers: DataLoader worker processes, >= 0 (0 decodes in the main process).
@@ -63,6 +65,7 @@ class VideoDataModule(L.LightningDataModule):
         synthetic_num_clips: int = 256,
         num_frames: int = 8,
         frame_stride: int = 1,
+        target_fps: float | None = None,
         resolution: tuple[int, int] = (32, 32),
         batch_size: int = 2,
         num_workers: int = 0,
@@ -90,6 +93,7 @@ class VideoDataModule(L.LightningDataModule):
         self.synthetic_num_clips = synthetic_num_clips
         self.num_frames = num_frames
         self.frame_stride = frame_stride
+        self.target_fps = target_fps
         self.resolution = tuple(resolution)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -156,6 +160,7 @@ class VideoDataModule(L.LightningDataModule):
             frame_stride=self.frame_stride,
             resolution=self.resolution,
             seed=self.seed,
+            target_fps=self.target_fps,
         )
 
     def _loader(self, dataset: VideoClipDataset, sampler: EpochShuffleSampler | None) -> DataLoader:

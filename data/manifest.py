@@ -10,17 +10,21 @@ REQUIRED_FIELDS = ("path", "caption")
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One clip: ``path`` is absolute (relative manifest paths are resolved against its folder)."""
+    """One clip: ``path`` is absolute (relative manifest paths are resolved against its folder);
+    ``start_sec`` / ``end_sec`` optionally restrict it to a segment of the video."""
 
     path: Path
     caption: str
+    start_sec: float | None = None
+    end_sec: float | None = None
 
 
 def read_manifest(manifest: str | Path) -> list[ManifestEntry]:
     """Parse a ``.csv`` or ``.jsonl`` manifest with fields ``path`` and ``caption``.
 
-    Extra fields (e.g. ``start_sec``/``end_sec``) are accepted and ignored. Raises ValueError
-    if the file is missing, has an unknown suffix, lacks a required field, or has no entries.
+    Optional fields ``start_sec`` / ``end_sec`` (seconds; empty means the video's start / end) cut
+    a segment; other extra fields are ignored. Raises ValueError if the file is missing, has an
+    unknown suffix, lacks a required field, has a bad segment, or has no entries.
     """
     manifest = Path(manifest).expanduser().absolute()
     if not manifest.is_file():
@@ -34,10 +38,16 @@ def read_manifest(manifest: str | Path) -> list[ManifestEntry]:
         raise ValueError(f"manifest {manifest} must end in .csv or .jsonl, got {suffix!r}")
     if not rows:
         raise ValueError(f"manifest {manifest} has no entries")
-    return [ManifestEntry(path=manifest.parent / path, caption=caption) for path, caption in rows]
+    return [
+        ManifestEntry(manifest.parent / path, caption, start, end)
+        for path, caption, start, end in rows
+    ]
 
 
-def _read_csv(manifest: Path) -> list[tuple[str, str]]:
+Row = tuple[str, str, "float | None", "float | None"]
+
+
+def _read_csv(manifest: Path) -> list[Row]:
     with manifest.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = [f for f in REQUIRED_FIELDS if f not in (reader.fieldnames or ())]
@@ -49,7 +59,7 @@ def _read_csv(manifest: Path) -> list[tuple[str, str]]:
         return [_validated(manifest, reader.line_num, row) for row in reader]
 
 
-def _read_jsonl(manifest: Path) -> list[tuple[str, str]]:
+def _read_jsonl(manifest: Path) -> list[Row]:
     rows = []
     with manifest.open(encoding="utf-8") as fh:
         for line_num, line in enumerate(fh, start=1):
@@ -67,11 +77,32 @@ def _read_jsonl(manifest: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def _validated(manifest: Path, line_num: int, row: dict) -> tuple[str, str]:
+def _seconds(manifest: Path, line_num: int, row: dict, field: str) -> float | None:
+    value = row.get(field)
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(
+            f"manifest {manifest} line {line_num}: {field} must be a number >= 0, got {value!r}"
+        )
+    return seconds
+
+
+def _validated(manifest: Path, line_num: int, row: dict) -> Row:
     path, caption = row.get("path"), row.get("caption")
     if not isinstance(path, str) or not path or not isinstance(caption, str):
         raise ValueError(
             f"manifest {manifest} line {line_num}: needs a non-empty string 'path' and a string "
             f"'caption', got path={path!r} caption={caption!r}"
         )
-    return path, caption
+    start = _seconds(manifest, line_num, row, "start_sec")
+    end = _seconds(manifest, line_num, row, "end_sec")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(
+            f"manifest {manifest} line {line_num}: end_sec ({end}) must be after start_sec ({start})"
+        )
+    return path, caption, start, end

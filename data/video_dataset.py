@@ -1,5 +1,6 @@
 """Map-style dataset of fixed-length clips decoded with decord from a manifest."""
 
+import math
 import operator
 import warnings
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.manifest import read_manifest
+from data.manifest import ManifestEntry, read_manifest
 from data.transforms import resize_center_crop
 
 
@@ -50,19 +51,22 @@ class VideoClipDataset(Dataset[VideoSample]):
     """Clips of ``num_frames`` frames, ``frame_stride`` apart, resized and centre-cropped.
 
     Item ``i`` starts at a frame drawn from a generator seeded with ``(seed, i)``, so the same
-    (seed, index) always yields the same sample. Files are checked lazily: a missing,
-    undecodable or too-short file triggers one :class:`BadVideoWarning`, is remembered in
-    :attr:`skipped`, and the next usable entry (scanning forward, wrapping around) is returned
-    instead. The record is per process: each DataLoader worker keeps (and warns from) its own.
+    (seed, index) always yields the same sample. Rows are checked lazily: a missing,
+    undecodable or too-short clip (file or segment) triggers one :class:`BadVideoWarning`, is
+    remembered in :attr:`skipped`, and the next usable row (scanning forward, wrapping around) is
+    returned instead. The record is per process: each DataLoader worker keeps (and warns from) its own.
 
     Args:
         manifest: ``.csv`` (header with ``path,caption``) or ``.jsonl`` (objects with ``path``
             and ``caption``); relative paths are relative to the manifest's folder.
-        num_frames: frames per clip T, >= 1.
+            Optional ``start_sec`` / ``end_sec`` restrict a row to that segment of its video.
+        num_frames: frames per clip T, >= 1 (4n + 1 for the Wan VAE).
         frame_stride: step between sampled frames, >= 1; a clip spans
             ``(num_frames - 1) * frame_stride + 1`` source frames.
         resolution: output (height, width), positive.
         seed: non-negative seed for the clip start frames.
+        target_fps: sample at this frame rate instead: the stride of each video becomes
+            ``max(1, round(video_fps / target_fps))``.
     """
 
     def __init__(
@@ -72,8 +76,11 @@ class VideoClipDataset(Dataset[VideoSample]):
         frame_stride: int = 1,
         resolution: tuple[int, int] = (32, 32),
         seed: int = 0,
+        target_fps: float | None = None,
     ) -> None:
         validate_clip_args(num_frames, frame_stride, resolution)
+        if target_fps is not None and not target_fps > 0:
+            raise ValueError(f"target_fps must be a number > 0 or None, got {target_fps!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.manifest = Path(manifest)
@@ -82,13 +89,13 @@ class VideoClipDataset(Dataset[VideoSample]):
         self.frame_stride = frame_stride
         self.resolution = tuple(resolution)
         self.seed = seed
-        self._span = (num_frames - 1) * frame_stride + 1
-        self._bad: dict[Path, str] = {}  # path -> reason
+        self.target_fps = target_fps
+        self._bad: dict[int, Path] = {}  # manifest row -> its file (rows can be segments of one file)
 
     @property
     def skipped(self) -> list[Path]:
-        """Sorted paths of the unusable files met so far in this process."""
-        return sorted(self._bad)
+        """Files of the unusable manifest rows met so far in this process, sorted (one per row)."""
+        return sorted(self._bad.values())
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -101,35 +108,40 @@ class VideoClipDataset(Dataset[VideoSample]):
         for offset in range(count):
             row = (index + offset) % count
             entry = self.entries[row]
-            if entry.path in self._bad:
+            if row in self._bad:
                 continue
             try:
-                video = self._load(row, entry.path)
+                video = self._load(row, entry)
             except _BadVideo as err:
-                self._bad[entry.path] = str(err)
+                self._bad[row] = entry.path
                 warnings.warn(f"skipping video {entry.path}: {err}", BadVideoWarning, stacklevel=2)
                 continue
             return {"video": video, "caption": entry.caption, "index": row}
         raise RuntimeError(
             f"none of the {count} videos in manifest {self.manifest} is usable for clips of "
-            f"{self._span} frames; see the BadVideoWarning messages for each file"
+            f"{self.num_frames} frames; see the BadVideoWarning messages for each file"
         )
 
-    def _load(self, row: int, path: Path) -> torch.Tensor:
+    def _load(self, row: int, entry: ManifestEntry) -> torch.Tensor:
         """Decode the clip of manifest ``row``: float [C, T, H, W] in [-1, 1]."""
-        if not path.is_file():
+        if not entry.path.is_file():
             raise _BadVideo("file not found")
         try:
-            reader = decord.VideoReader(str(path), num_threads=1)
-            total = len(reader)
-            if total < self._span:
+            reader = decord.VideoReader(str(entry.path), num_threads=1)
+            fps, total = reader.get_avg_fps(), len(reader)
+            stride = self.frame_stride
+            if self.target_fps is not None:
+                stride = max(1, round(fps / self.target_fps))
+            first = 0 if entry.start_sec is None else math.ceil(entry.start_sec * fps)
+            last = total if entry.end_sec is None else min(total, math.floor(entry.end_sec * fps))
+            span = (self.num_frames - 1) * stride + 1
+            if last - first < span:
                 raise _BadVideo(
-                    f"too short: {total} frames, need {self._span} "
-                    f"(num_frames={self.num_frames}, frame_stride={self.frame_stride})"
+                    f"too short: {max(0, last - first)} frames in the clip's segment, need {span} "
+                    f"(num_frames={self.num_frames}, frame stride {stride})"
                 )
-            start = int(np.random.default_rng([self.seed, row]).integers(total - self._span + 1))
-            indices = list(range(start, start + self._span, self.frame_stride))
-            frames = reader.get_batch(indices).asnumpy()  # uint8 [T, H, W, 3]
+            start = first + int(np.random.default_rng([self.seed, row]).integers(last - first - span + 1))
+            frames = reader.get_batch(list(range(start, start + span, stride))).asnumpy()  # [T, H, W, 3]
         except (RuntimeError, decord.DECORDError) as err:
             raise _BadVideo(f"cannot decode ({err})") from err
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, C, H, W]

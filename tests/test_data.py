@@ -313,3 +313,38 @@ def test_datamodule_under_trainer_reshuffles_per_epoch(tmp_path: Path) -> None:
         expected[epoch] = list(sampler)[:8]
     assert model.seen == expected
     assert model.seen[0] != model.seen[1]  # Lightning advanced the sampler's epoch
+
+
+def _counter_video(path: Path, frames: int = 24, fps: int = 8) -> None:
+    """Frame i is a flat grey of brightness 10 * i, so decoded frames reveal their index."""
+    levels = (np.arange(frames) * 10).astype(np.uint8)
+    write_mp4(path, np.broadcast_to(levels[:, None, None, None], (frames, 32, 32, 3)).copy(), fps=fps)
+
+
+def _frame_indices(video: torch.Tensor) -> list[int]:
+    """Indices of the frames of a dataset sample of a counter video ([-1, 1] -> brightness / 10)."""
+    return [round(((f.mean().item() + 1) * 127.5) / 10) for f in video.unbind(1)]
+
+
+def test_segments_and_target_fps(tmp_path: Path) -> None:
+    _counter_video(tmp_path / "count.mp4")  # 24 frames at 8 fps = 3 s
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,caption,start_sec,end_sec\n"
+        "count.mp4,segment,1.0,2.5\n"  # frames 8 .. 19
+        "count.mp4,whole,,\n"
+        "count.mp4,too short,2.0,2.25\n"  # 2 frames: skipped
+    )
+    data = VideoClipDataset(manifest, num_frames=4, frame_stride=2, resolution=(32, 32), seed=3)
+    first = _frame_indices(data[0]["video"])
+    assert first[0] >= 8 and first[-1] <= 19 and np.diff(first).tolist() == [2, 2, 2]
+    with pytest.warns(BadVideoWarning, match="too short: 2 frames in the clip's segment, need 7"):
+        assert data[2]["caption"] == "segment"  # the bad row yields the next usable one
+    at_4fps = VideoClipDataset(manifest, num_frames=5, resolution=(32, 32), target_fps=4)
+    assert np.diff(_frame_indices(at_4fps[1]["video"])).tolist() == [2, 2, 2, 2]  # 8 fps / 4
+    with pytest.raises(ValueError, match="target_fps must be a number > 0"):
+        VideoClipDataset(manifest, num_frames=4, target_fps=0)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,caption,start_sec,end_sec\ncount.mp4,x,2,1\n")
+    with pytest.raises(ValueError, match=r"end_sec \(1.0\) must be after start_sec \(2.0\)"):
+        VideoClipDataset(bad, num_frames=4)
