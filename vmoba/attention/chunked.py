@@ -85,16 +85,8 @@ def chunked_attention(
     keep: torch.Tensor,
     partition: BlockPartition,
 ) -> torch.Tensor:
-    """Masked attention in query chunks; same signature and result as the reference.
-
-    Args:
-        q, k, v: ``[B, S, H, D]``.
-        keep: ``[B, H, S, N]`` bool block keep mask.
-        partition: the partition of the ``S`` tokens into ``N`` blocks.
-
-    Returns:
-        ``[B, S, H, D]`` in the dtype of ``q``; computed in float32 (float64 for float64 inputs).
-    """
+    """Masked attention in query chunks. Arguments, shapes and result as
+    :func:`vmoba.attention.reference.reference_attention` (float32 math, float64 for float64)."""
     dtype = upcast_dtype(q.dtype)
     qh, kh, vh = (x.transpose(1, 2).to(dtype).contiguous() for x in (q, k, v))  # [B, H, S, D]
     key_block = partition.block_index.to(q.device)

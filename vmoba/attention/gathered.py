@@ -75,16 +75,8 @@ def gathered_attention(
     keep: torch.Tensor,
     partition: BlockPartition,
 ) -> torch.Tensor:
-    """Masked attention over gathered (query set, key block) pairs; same result as the reference.
-
-    Args:
-        q, k, v: ``[B, S, H, D]``.
-        keep: ``[B, H, S, N]`` bool block keep mask.
-        partition: the partition of the ``S`` tokens into ``N`` blocks.
-
-    Returns:
-        ``[B, S, H, D]`` in the dtype of ``q``; computed in float32 (float64 for float64 inputs).
-    """
+    """Masked attention over gathered (query set, key block) pairs. Arguments, shapes and result
+    as :func:`vmoba.attention.reference.reference_attention` (float32 math, float64 for float64)."""
     dtype = upcast_dtype(q.dtype)
     perm = partition.perm.to(q.device)
     qh = q.transpose(1, 2).to(dtype)  # [B, H, S, D]

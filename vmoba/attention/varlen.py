@@ -110,16 +110,9 @@ def varlen_attention(
     keep: torch.Tensor,
     partition: BlockPartition,
 ) -> torch.Tensor:
-    """VMoBA attention on FlashAttention-2 varlen kernels; same result as the reference.
-
-    Args:
-        q, k, v: ``[B, S, H, D]`` float16/bfloat16 CUDA tensors, ``D`` a multiple of 8, <= 256.
-        keep: ``[B, H, S, N]`` bool block keep mask.
-        partition: the partition of the ``S`` tokens into ``N`` blocks.
-
-    Returns:
-        ``[B, S, H, D]`` in the dtype of ``q``.
-    """
+    """VMoBA attention on FlashAttention-2 varlen kernels. Arguments, shapes and result as
+    :func:`vmoba.attention.reference.reference_attention`, for float16/bfloat16 CUDA tensors with
+    head dim ``D`` a multiple of 8 up to 256."""
     batch, tokens, heads, dim = q.shape
     rows, cu_q, cu_k, max_q, max_k = _segments(keep, partition)
     perm = partition.perm.to(q.device)
