@@ -26,7 +26,9 @@ def load_for_sampling(
 ) -> tuple[VMoBAFlowMatching, tuple[int, int, int, int]]:
     """The model of a checkpoint (eval mode) and the ``(C, T, H, W)`` of its training clips."""
     model = VMoBAFlowMatching.load_from_checkpoint(checkpoint, map_location=device).eval()
-    data = torch.load(checkpoint, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]
+    # mmap: only the hyperparameters are read, not the weights a second time
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    data = ckpt["datamodule_hyper_parameters"]
     channels = model.dit.transformer.config.in_channels
     return model, (channels, data["num_frames"], *data["resolution"])
 
@@ -59,9 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     flow_shift = model.hparams.flow_shift if args.flow_shift is None else args.flow_shift
     args.out.mkdir(parents=True, exist_ok=True)
     videos = []
+    empty_text = model.text_encoder([""])  # the unconditional branch, shared by every prompt
     for i, prompt in enumerate(read_prompts(args.prompts)):
         video = sample_videos(
-            model.dit, model.text_encoder([prompt]), model.text_encoder([""]), shape,
+            model.dit, model.text_encoder([prompt]), empty_text, shape,
             steps=args.steps, guidance_scale=args.guidance, flow_shift=flow_shift,
             dense_fraction=args.dense_fraction,
             generator=step_generator(model.device, args.seed, i),

@@ -165,4 +165,5 @@ def kept_density(keep: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
     """Fraction of (query, key) pairs attended, over all samples and heads (0-dim float64)."""
     sizes = partition.block_sizes.to(keep.device, torch.float64)
     b, h, s, _ = keep.shape
-    return (keep.to(torch.float64) @ sizes).sum() / (b * h * s * s)
+    kept_per_block = keep.sum((0, 1, 2)).to(torch.float64)  # [N], without a float copy of keep
+    return (kept_per_block @ sizes) / (b * h * s * s)
