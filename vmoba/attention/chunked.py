@@ -89,6 +89,6 @@ def chunked_attention(
     :func:`vmoba.attention.reference.reference_attention` (float32 math, float64 for float64)."""
     dtype = upcast_dtype(q.dtype)
     qh, kh, vh = (x.transpose(1, 2).to(dtype).contiguous() for x in (q, k, v))  # [B, H, S, D]
-    key_block = partition.block_index.to(q.device)
+    key_block = partition.on(q.device).block_index
     out = _ChunkedMaskedAttention.apply(qh, kh, vh, keep, key_block)
     return out.transpose(1, 2).to(q.dtype)

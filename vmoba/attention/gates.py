@@ -16,10 +16,10 @@ def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
 def block_mean_keys(k: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
     """Mean key of every block: ``k`` ``[B, S, H, D]`` -> ``[B, N, H, D]`` in :func:`upcast_dtype`."""
     batch, _, heads, dim = k.shape
-    index = partition.block_index.to(k.device)
+    index = partition.on(k.device).block_index
     sums = k.new_zeros(batch, partition.num_blocks, heads, dim, dtype=upcast_dtype(k.dtype))
     sums.index_add_(1, index, k.to(sums.dtype))
-    return sums / partition.block_sizes.to(k.device, sums.dtype).view(1, -1, 1, 1)
+    return sums / partition.on(k.device).block_sizes.to(sums.dtype).view(1, -1, 1, 1)
 
 
 @torch.no_grad()

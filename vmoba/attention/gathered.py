@@ -78,7 +78,7 @@ def gathered_attention(
     """Masked attention over gathered (query set, key block) pairs. Arguments, shapes and result
     as :func:`vmoba.attention.reference.reference_attention` (float32 math, float64 for float64)."""
     dtype = upcast_dtype(q.dtype)
-    perm = partition.perm.to(q.device)
+    perm = partition.on(q.device).perm
     qh = q.transpose(1, 2).to(dtype)  # [B, H, S, D]
     kh, vh = (x[:, perm].transpose(1, 2).to(dtype).contiguous() for x in (k, v))  # block order
     out = _GatheredAttention.apply(qh, kh, vh, keep, partition.block_offsets.tolist())

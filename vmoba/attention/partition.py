@@ -10,6 +10,7 @@ along it covers ``[b * (n // b), n)`` and simply has fewer tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Literal, Union
@@ -24,7 +25,8 @@ LAYER_KINDS: tuple[LayerKind, ...] = ("1d", "2d", "3d")
 
 @dataclass(frozen=True)
 class BlockPartition:
-    """A partition of ``S = T * Hg * Wg`` tokens into ``N`` blocks (all tensors on the CPU, int64).
+    """A partition of ``S = T * Hg * Wg`` tokens into ``N`` blocks (int64 tensors, on the CPU
+    unless taken from :meth:`on`).
 
     Attributes:
         grid: ``(T, Hg, Wg)``.
@@ -54,6 +56,11 @@ class BlockPartition:
     @property
     def num_tokens(self) -> int:
         return int(self.block_index.numel())
+
+    def on(self, device: torch.device | str) -> "BlockPartition":
+        """This partition with its tensors on ``device``, cached: a blocking host-to-device copy
+        waits for the GPU, so hot paths take their index tensors from here."""
+        return _cached_partition_on(self.grid, self.block_shape, self.kind, torch.device(device))
 
 
 def layer_kind(block: BlockSpec) -> LayerKind:
@@ -129,3 +136,15 @@ def _cached_partition(grid: Grid, shape: Grid, kind: LayerKind) -> BlockPartitio
         perm=perm,
         inverse=torch.argsort(perm),
     )
+
+
+@functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
+def _cached_partition_on(
+    grid: Grid, shape: Grid, kind: LayerKind, device: torch.device
+) -> BlockPartition:
+    cpu = _cached_partition(grid, shape, kind)
+    if device.type == "cpu":
+        return cpu
+    tensors = ("block_index", "block_sizes", "block_offsets", "perm", "inverse")
+    return dataclasses.replace(cpu, **{name: getattr(cpu, name).to(device) for name in tensors})

@@ -1,9 +1,12 @@
 """Reductions of packed segment rows onto their destination rows, for the varlen backend.
 
-Each query appears in one packed row per key block it kept. ``merge_by_lse`` combines a query's
-rows by their log-sum-exps into its attention output; ``sum_by_destination`` adds them up (the
-query gradient). On CUDA a Triton kernel walks each destination's rows in a CSR order (no
-atomics, no float32 copy of the packed rows); elsewhere ``index_add`` does the same math.
+Each query appears in one packed row per key block it kept. ``merge_by_lse_into`` folds a batch
+of a query's rows into its running attention output by their log-sum-exps; ``sum_into`` adds them
+to its running query gradient. Both accumulate in float32 buffers, so the rows of one query may
+arrive in several batches (the varlen backend's memory-bounded chunks). Float64 accumulators
+(float64 inputs, CPU tests) take the torch path. On CUDA a Triton kernel
+walks each destination's rows in a CSR order (no atomics, no float32 copy of the packed rows);
+elsewhere ``index_add`` does the same math.
 """
 
 from __future__ import annotations
@@ -36,15 +39,18 @@ if triton is not None:
         row = tl.program_id(0)
         start = tl.load(starts_ptr + row)
         end = tl.load(starts_ptr + row + 1)
+        if start == end:  # no rows for this destination in this batch: keep its running value
+            return
         cols = tl.arange(0, BLOCK_D)
         valid = cols < dim
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        peak = tl.full([], float("-inf"), tl.float32)
-        norm = tl.zeros([], dtype=tl.float32)
+        acc = tl.load(out_ptr + row * dim + cols, mask=valid, other=0.0)
+        if BY_LSE:  # the running (output, lse) is one more row of the online softmax
+            peak = tl.load(out_lse_ptr + row)
+            norm = (peak > float("-inf")).to(tl.float32)
         for e in range(start, end):
             src = tl.load(order_ptr + e)
             x = tl.load(x_ptr + src * dim + cols, mask=valid, other=0.0).to(tl.float32)
-            if BY_LSE:  # online softmax over the row's segments
+            if BY_LSE:
                 lse = tl.load(lse_ptr + src)
                 new_peak = tl.maximum(peak, lse)
                 scale, weight = tl.exp(peak - new_peak), tl.exp(lse - new_peak)
@@ -56,50 +62,51 @@ if triton is not None:
         if BY_LSE:
             acc = acc / norm
             tl.store(out_lse_ptr + row, peak + tl.log(norm))
-        tl.store(out_ptr + row * dim + cols, acc.to(out_ptr.dtype.element_ty), mask=valid)
+        tl.store(out_ptr + row * dim + cols, acc, mask=valid)
 
 
-def _use_triton(x: torch.Tensor) -> bool:
-    return triton is not None and x.is_cuda
+def _check_accumulator(out: torch.Tensor) -> None:
+    if out.dtype not in (torch.float32, torch.float64) or not out.is_contiguous():
+        raise ValueError("accumulators must be contiguous float32 or float64 tensors")
 
 
-def merge_by_lse(
-    x: torch.Tensor, lse: torch.Tensor, rows: torch.Tensor, order: torch.Tensor, starts: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _reduce_on_gpu(x, lse, rows, out, out_lse, by_lse: bool) -> bool:
+    if triton is None or not x.is_cuda or out.dtype != torch.float32:
+        return False
+    order, starts = rows_by_destination(rows, out.shape[0])
+    _reduce_rows_kernel[(out.shape[0],)](
+        x.contiguous(), lse, order, starts, out, out_lse, x.shape[-1],
+        BLOCK_D=triton.next_power_of_2(x.shape[-1]), BY_LSE=by_lse,
+    )
+    return True
+
+
+def merge_by_lse_into(
+    out: torch.Tensor, out_lse: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, rows: torch.Tensor
+) -> None:
     """Softmax-merge packed outputs ``x`` ``[T, D]`` with log-sum-exps ``lse`` ``[T]`` (float32)
-    onto ``R = len(starts) - 1`` rows: ``[R, D]`` in ``x.dtype`` and the merged ``[R]`` float32."""
-    total, dim = starts.numel() - 1, x.shape[-1]
-    if _use_triton(x):
-        out = x.new_empty(total, dim)
-        out_lse = lse.new_empty(total)
-        _reduce_rows_kernel[(total,)](
-            x.contiguous(), lse.contiguous(), order, starts, out, out_lse, dim,
-            BLOCK_D=triton.next_power_of_2(dim), BY_LSE=True,
-        )
-        return out, out_lse
-    peak = torch.full((total,), float("-inf"), device=lse.device).scatter_reduce(
-        0, rows, lse, "amax", include_self=True
+    into the running outputs ``out`` ``[R, D]`` and ``out_lse`` ``[R]`` (float32 or float64, in
+    place; start them at 0 and -inf). ``rows`` ``[T]`` int64 are the destinations in ``[0, R)``."""
+    _check_accumulator(out)
+    _check_accumulator(out_lse)
+    if _reduce_on_gpu(x, lse.contiguous(), rows, out, out_lse, by_lse=True):
+        return
+    lse = lse.to(out_lse.dtype)
+    peak = out_lse.scatter_reduce(0, rows, lse, "amax", include_self=True)
+    finite_peak = torch.where(torch.isinf(peak), 0.0, peak)
+    weight = torch.exp(lse - finite_peak[rows])
+    norm = torch.exp(out_lse - finite_peak).index_add_(0, rows, weight)
+    acc = (out * torch.exp(out_lse - finite_peak)[:, None]).index_add_(
+        0, rows, x.to(out.dtype) * weight[:, None]
     )
-    weight = torch.exp(lse - peak[rows])
-    norm = torch.zeros(total, device=lse.device).index_add_(0, rows, weight)
-    merged = torch.zeros(total, dim, device=x.device).index_add_(
-        0, rows, x.float() * (weight / norm[rows])[:, None]
-    )
-    return merged.to(x.dtype), peak + norm.log()
+    touched = norm > 0
+    out.copy_(torch.where(touched[:, None], acc / norm.clamp_min(1e-38)[:, None], out))
+    out_lse.copy_(torch.where(touched, finite_peak + norm.log(), out_lse))
 
 
-def sum_by_destination(
-    x: torch.Tensor, rows: torch.Tensor, order: torch.Tensor, starts: torch.Tensor
-) -> torch.Tensor:
-    """Sum packed rows ``x`` ``[T, D]`` onto their destinations: ``[R, D]`` in ``x.dtype``
-    (accumulated in float32)."""
-    total, dim = starts.numel() - 1, x.shape[-1]
-    if _use_triton(x):
-        out = x.new_empty(total, dim)
-        _reduce_rows_kernel[(total,)](
-            x.contiguous(), x, order, starts, out, out, dim,
-            BLOCK_D=triton.next_power_of_2(dim), BY_LSE=False,
-        )
-        return out
-    summed = torch.zeros(total, dim, dtype=torch.float32, device=x.device)
-    return summed.index_add_(0, rows, x.float()).to(x.dtype)
+def sum_into(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> None:
+    """Add packed rows ``x`` ``[T, D]`` to ``out`` ``[R, D]`` (float32 or float64, in place) at
+    ``rows``."""
+    _check_accumulator(out)
+    if not _reduce_on_gpu(x, x, rows, out, out, by_lse=False):
+        out.index_add_(0, rows, x.to(out.dtype))

@@ -31,6 +31,9 @@ TOPK_SCOPES: tuple[Scope, ...] = ("query_head", "head_global", "overall")
 
 _RANGE_EPS = 1e-6  # below this max - min, min-max normalisation divides by 1
 _TOTAL_EPS = 1e-6  # added to the pool's total mass, as in the released code
+POOL_ENTRIES = 1 << 23
+"""Pool entries ranked at once: whole pools are processed in groups of about this many entries,
+bounding selection's temporaries (~40 bytes an entry) to ~0.3 GiB unless one pool is larger."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class SelectionConfig:
 
 def self_block_mask(partition: BlockPartition, device: torch.device | str = "cpu") -> torch.Tensor:
     """``[S, N]`` bool, true where block ``j`` contains query ``s``."""
-    index = partition.block_index.to(device)
+    index = partition.on(device).block_index
     return index[:, None] == torch.arange(partition.num_blocks, device=device)
 
 
@@ -141,6 +144,16 @@ def select_blocks(
     shape = gates.shape
     is_self = _to_pools(self_block_mask(partition, gates.device).expand(shape), config.scope)
     pools = _to_pools(gates, config.scope)
+    chosen = torch.empty_like(is_self)
+    step = max(1, POOL_ENTRIES // pools.shape[1])  # static bounds: no host sync
+    for start in range(0, pools.shape[0], step):
+        rows = slice(start, start + step)
+        chosen[rows] = _select_in_pools(pools[rows], is_self[rows], config)
+    return _from_pools(chosen, config.scope, shape)
+
+
+def _select_in_pools(pools: torch.Tensor, is_self: torch.Tensor, config: SelectionConfig):
+    """``[P, M]`` gates and self flags of ``P`` pools -> ``[P, M]`` bool keep flags."""
     # Ranking in the gates' own dtype gives the float64 order (the upcast is exact and monotone).
     ranked, order = pools.masked_fill(is_self, float("-inf")).sort(
         dim=-1, descending=True, stable=True
@@ -151,19 +164,18 @@ def select_blocks(
     else:
         counts = _threshold_counts(pools, is_self, ranked, float(config.threshold))
     counts = torch.minimum(counts, is_self.shape[-1] - num_self)
-    ranks = torch.arange(is_self.shape[-1], device=gates.device)
-    chosen = torch.zeros_like(is_self).scatter_(-1, order, ranks < counts[:, None])
-    return _from_pools(chosen | is_self, config.scope, shape)
+    ranks = torch.arange(is_self.shape[-1], device=pools.device)
+    return torch.zeros_like(is_self).scatter_(-1, order, ranks < counts[:, None]) | is_self
 
 
 def token_mask(keep: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
     """Expand a block keep mask ``[B, H, S, N]`` to a token mask ``[B, H, S, S]`` (query, key)."""
-    return keep[..., partition.block_index.to(keep.device)]
+    return keep[..., partition.on(keep.device).block_index]
 
 
 def kept_density(keep: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
     """Fraction of (query, key) pairs attended, over all samples and heads (0-dim float64)."""
-    sizes = partition.block_sizes.to(keep.device, torch.float64)
+    sizes = partition.on(keep.device).block_sizes.double()
     b, h, s, _ = keep.shape
     kept_per_block = keep.sum((0, 1, 2)).to(torch.float64)  # [N], without a float copy of keep
     return (kept_per_block @ sizes) / (b * h * s * s)
