@@ -22,10 +22,10 @@ except ImportError:  # CPU-only installs: the torch path below is used
 
 def rows_by_destination(rows: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR view of packed rows: ``order`` ``[T]`` lists packed rows grouped by destination
-    (ascending), ``starts`` ``[total + 1]`` where each destination's group begins."""
-    order = torch.argsort(rows, stable=True)
-    starts = torch.zeros(total + 1, dtype=torch.int64, device=rows.device)
-    starts[1:] = torch.cumsum(torch.bincount(rows, minlength=total), 0)
+    (ascending), ``starts`` ``[total + 1]`` where each destination's group begins. No host sync
+    (``bincount`` on CUDA would read the largest row back)."""
+    destinations, order = torch.sort(rows, stable=True)
+    starts = torch.searchsorted(destinations, torch.arange(total + 1, device=rows.device))
     return order, starts
 
 

@@ -11,7 +11,8 @@ need summing (dq) or are already disjoint (dk, dv: each key is in one block).
 Memory: a query is copied once per kept block, so the packed rows outnumber the tokens by the
 mean number of kept blocks (10-15 for 2D/3D layers). Segments therefore run in consecutive
 chunks of at most :data:`ROW_BUDGET` packed rows, whose results fold into float32 running
-outputs; the backward re-gathers each chunk's rows instead of keeping them.
+outputs; the backward re-gathers each chunk's rows instead of keeping them. Queries and keys are
+gathered straight from the ``[B, S, H, D]`` inputs by row index.
 
 Kernels: :mod:`vmoba.attention.fa2_varlen` (flash-attn when installed, else PyTorch's own FA2).
 """
@@ -28,9 +29,10 @@ from vmoba.attention.gates import upcast_dtype
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
 
-ROW_BUDGET = 1 << 18
+ROW_BUDGET = 1 << 19
 """Packed query rows per kernel call. The backward of a chunk holds about ``12 * D`` bytes per
-row (re-gathered q, grad and output, FA2's float32 dq accumulator, dq): 0.375 GiB at D = 128."""
+row (re-gathered q, grad and output, FA2's float32 dq accumulator, dq): 0.75 GiB at D = 128.
+Smaller budgets save memory but cut the backward kernel's parallelism (key tiles x segments)."""
 
 
 @dataclass(frozen=True)
@@ -104,21 +106,38 @@ def _offsets(cu: torch.Tensor, chunk: _Chunk, first: int) -> torch.Tensor:
     return cu[chunk.seg0 : chunk.seg1 + 1] - first
 
 
+def _row_indices(batch: int, heads: int, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``x.reshape(B * S * H, D)`` for ``x`` ``[B, S, H, D]``: of each query in
+    head-major raster order ``(b, h, s)``, and of each key in head-major block order."""
+    tokens = perm.numel()
+    b = torch.arange(batch, device=perm.device).view(-1, 1, 1) * tokens
+    h = torch.arange(heads, device=perm.device).view(1, -1, 1)
+    s = torch.arange(tokens, device=perm.device).view(1, 1, -1)
+    return ((b + s) * heads + h).flatten(), ((b + perm) * heads + h).flatten()
+
+
 class _VarlenVMoBA(torch.autograd.Function):
-    """q ``[B*H*S, D]`` raster order, k, v ``[B*H*S, D]`` block order (fp16/bf16)."""
+    """q, k, v ``[B, S, H, D]`` (fp16/bf16) -> out ``[B * H * S, D]`` in head-major raster order.
+
+    Each chunk gathers its query and key rows by index, so no full reordered copy of q, k or v
+    is made or kept for the backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan: _Plan):
-        kernels, scale = varlen_kernels(), q.shape[-1] ** -0.5
+    def forward(ctx, q, k, v, plan: _Plan, perm: torch.Tensor):
+        batch, _, heads, dim = q.shape
+        q_rows, k_rows = _row_indices(batch, heads, perm)
+        kernels, scale = varlen_kernels(), dim**-0.5
         acc_dtype = upcast_dtype(q.dtype)
-        out = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
-        lse = torch.full(q.shape[:1], float("-inf"), dtype=acc_dtype, device=q.device)
+        out = torch.zeros(q_rows.numel(), dim, dtype=acc_dtype, device=q.device)
+        lse = torch.full(q_rows.shape, float("-inf"), dtype=acc_dtype, device=q.device)
+        q2d, k2d, v2d = (x.reshape(-1, dim) for x in (q, k, v))  # [B*S*H, D] views
         for c in plan.chunks:
             rows = plan.rows[c.row0 : c.row1]
+            keys = k_rows[c.key0 : c.key1]
             part, part_lse = kernels.forward(
-                q[rows].unsqueeze(1),
-                k[c.key0 : c.key1].unsqueeze(1),
-                v[c.key0 : c.key1].unsqueeze(1),
+                q2d[q_rows[rows]].unsqueeze(1),
+                k2d[keys].unsqueeze(1),
+                v2d[keys].unsqueeze(1),
                 _offsets(plan.cu_q, c, c.row0),
                 _offsets(plan.cu_k, c, c.key0),
                 c.max_q,
@@ -130,23 +149,27 @@ class _VarlenVMoBA(torch.autograd.Function):
                 rows - c.dst0,
             )
         out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k)
+        ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, perm)
         ctx.chunks, ctx.max_k, ctx.scale = plan.chunks, plan.max_k, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, all_rows, cu_q, cu_k = ctx.saved_tensors
+        q, k, v, out, lse, all_rows, cu_q, cu_k, perm = ctx.saved_tensors
+        batch, tokens, heads, dim = q.shape
+        q_rows, k_rows = _row_indices(batch, heads, perm)
         kernels = varlen_kernels()
-        grad_q = torch.zeros(q.shape, dtype=upcast_dtype(q.dtype), device=q.device)
-        grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
+        q2d, k2d, v2d = (x.reshape(-1, dim) for x in (q, k, v))
+        grad_q = torch.zeros(q_rows.numel(), dim, dtype=upcast_dtype(q.dtype), device=q.device)
+        grad_k, grad_v = torch.empty_like(k2d), torch.empty_like(v2d)  # every key is in one chunk
         for c in ctx.chunks:
             rows = all_rows[c.row0 : c.row1]
+            keys = k_rows[c.key0 : c.key1]
             dq, dk, dv = kernels.backward(
                 grad_out[rows].unsqueeze(1),
-                q[rows].unsqueeze(1),
-                k[c.key0 : c.key1].unsqueeze(1),
-                v[c.key0 : c.key1].unsqueeze(1),
+                q2d[q_rows[rows]].unsqueeze(1),
+                k2d[keys].unsqueeze(1),
+                v2d[keys].unsqueeze(1),
                 out[rows].unsqueeze(1),
                 lse[rows].unsqueeze(0),
                 _offsets(cu_q, c, c.row0),
@@ -156,9 +179,10 @@ class _VarlenVMoBA(torch.autograd.Function):
                 ctx.scale,
             )
             sum_into(grad_q[c.dst0 : c.dst1], dq.squeeze(1), rows - c.dst0)
-            grad_k[c.key0 : c.key1] = dk.squeeze(1)
-            grad_v[c.key0 : c.key1] = dv.squeeze(1)
-        return grad_q.to(q.dtype), grad_k, grad_v, None
+            grad_k.index_copy_(0, keys, dk.squeeze(1))
+            grad_v.index_copy_(0, keys, dv.squeeze(1))
+        grad_q = grad_q.to(q.dtype).view(batch, heads, tokens, dim).transpose(1, 2)
+        return grad_q, grad_k.view_as(k), grad_v.view_as(v), None, None
 
 
 def varlen_attention(
@@ -173,7 +197,5 @@ def varlen_attention(
     head dim ``D`` a multiple of 8 up to 256."""
     batch, tokens, heads, dim = q.shape
     plan = _plan(keep, partition, ROW_BUDGET)
-    perm = partition.on(q.device).perm
-    flat = lambda x: x.transpose(1, 2).reshape(-1, dim)  # noqa: E731  [B*H*S, D]
-    out = _VarlenVMoBA.apply(flat(q), flat(k[:, perm]), flat(v[:, perm]), plan)
+    out = _VarlenVMoBA.apply(q, k, v, plan, partition.on(q.device).perm)
     return out.view(batch, heads, tokens, dim).transpose(1, 2)
