@@ -14,12 +14,19 @@ def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.no_grad()
 def block_mean_keys(k: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
-    """Mean key of every block: ``k`` ``[B, S, H, D]`` -> ``[B, N, H, D]`` in :func:`upcast_dtype`."""
-    batch, _, heads, dim = k.shape
-    index = partition.on(k.device).block_index
-    sums = k.new_zeros(batch, partition.num_blocks, heads, dim, dtype=upcast_dtype(k.dtype))
-    sums.index_add_(1, index, k.to(sums.dtype))
-    return sums / partition.on(k.device).block_sizes.to(sums.dtype).view(1, -1, 1, 1)
+    """Mean key of every block: ``k`` ``[B, S, H, D]`` -> ``[B, N, H, D]`` in :func:`upcast_dtype`.
+
+    A product with the ``[N, S]`` block-averaging matrix rather than an atomic scatter: the sums
+    run in a fixed order, so gates and selection are bitwise reproducible on the GPU (activation
+    checkpointing recomputes the selection and must get the same packing).
+    """
+    batch, tokens, heads, dim = k.shape
+    dtype = upcast_dtype(k.dtype)
+    part = partition.on(k.device)
+    blocks = torch.arange(part.num_blocks, device=k.device)
+    average = (part.block_index == blocks[:, None]).to(dtype) / part.block_sizes.to(dtype)[:, None]
+    means = average @ k.reshape(batch, tokens, heads * dim).to(dtype)  # [B, N, H*D]
+    return means.view(batch, -1, heads, dim)
 
 
 @torch.no_grad()
