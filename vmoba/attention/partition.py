@@ -60,7 +60,10 @@ class BlockPartition:
     def on(self, device: torch.device | str) -> "BlockPartition":
         """This partition with its tensors on ``device``, cached: a blocking host-to-device copy
         waits for the GPU, so hot paths take their index tensors from here."""
-        return _cached_partition_on(self.grid, self.block_shape, self.kind, torch.device(device))
+        device = torch.device(device)
+        if self.block_index.device == device:  # also keeps torch.compile out of the cache
+            return self
+        return _cached_partition_on(self.grid, self.block_shape, self.kind, device)
 
 
 def layer_kind(block: BlockSpec) -> LayerKind:
