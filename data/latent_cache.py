@@ -64,8 +64,9 @@ def shard_name(shard: int) -> str:
 
 def trim_text(text: torch.Tensor) -> torch.Tensor:
     """``text`` ``[n, L, D]`` without the trailing positions that are zero in every row."""
-    used = (text != 0).any(dim=2).any(dim=0).nonzero()  # [k, 1] positions non-zero in some row
-    return text[:, : int(used.max()) + 1 if len(used) else 0]
+    used = (text != 0).any(dim=2).any(dim=0)  # [L]: positions non-zero in some row
+    length = int(used.nonzero().max()) + 1 if used.any() else 0
+    return text[:, :length]
 
 
 def write_shard(

@@ -59,10 +59,13 @@ class _Rows(Dataset[tuple[int, "VideoSample | None"]]):
 
 
 def _unbatched(item: Any) -> Any:
+    """The DataLoader's collate function: items pass as they are (a module-level function, so
+    worker processes can unpickle it)."""
     return item
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (a manifest edited since the cache was made is refused)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
