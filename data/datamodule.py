@@ -1,4 +1,4 @@
-"""LightningDataModule serving video clips from manifests, or from the synthetic set."""
+"""LightningDataModule serving video clips from manifests, the synthetic set, or a latent cache."""
 
 import math
 from pathlib import Path
@@ -8,11 +8,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from data.latent_cache import CLIP_SETTINGS, LatentCacheDataset, collate_cached
 from data.sampler import EpochShuffleSampler
 from data.synthetic import ensure_synthetic_dataset
 from data.video_dataset import VideoClipDataset, VideoSample, validate_clip_args
 
 SYNTHETIC_MIN_FRAMES = 24
+ClipDataset = VideoClipDataset | LatentCacheDataset
 
 
 class VideoBatch(TypedDict):
@@ -34,12 +36,19 @@ class VideoDataModule(L.LightningDataModule):
     """Train/val loaders of fixed-length video clips.
 
     With both manifests left as None, a synthetic "moving shapes" set is generated (once) under
-    ``synthetic_root`` in :meth:`prepare_data` and used for both splits.
+    ``synthetic_root`` in :meth:`prepare_data` and used for both splits. With both caches set,
+    batches are read from latent caches (``python -m data.preprocess``): VAE posteriors and
+    caption embeddings instead of decoded videos (a :class:`~data.latent_cache.CachedBatch`).
 
     Args:
         train_manifest: CSV or JSONL manifest of training clips (fields ``path``, ``caption``).
             Give both manifests or neither.
         val_manifest: manifest of validation clips, same format.
+        train_cache: latent cache of the training clips, written by ``python -m data.preprocess``
+            with the same num_frames, frame_stride, target_fps and resolution as here. Give both
+            caches or neither, and then no manifests. The clips' start frames are the cache's
+            (its preprocessing seed); ``seed`` still orders the batches.
+        val_cache: latent cache of the validation clips.
         synthetic_root: cache folder of the synthetic set, used when the manifests are None. Its
             clips have max(24, (num_frames - 1) * frame_stride + 1) frames of 64x64 pixels;
             asking for longer clips regenerates the cache.
@@ -61,6 +70,8 @@ class VideoDataModule(L.LightningDataModule):
         self,
         train_manifest: str | None = None,
         val_manifest: str | None = None,
+        train_cache: str | None = None,
+        val_cache: str | None = None,
         synthetic_root: str = "~/.cache/vmoba/synthetic",
         synthetic_num_clips: int = 256,
         num_frames: int = 8,
@@ -77,6 +88,16 @@ class VideoDataModule(L.LightningDataModule):
                 "train_manifest and val_manifest must both be set or both be None (synthetic "
                 f"data), got train_manifest={train_manifest!r} val_manifest={val_manifest!r}"
             )
+        if (train_cache is None) != (val_cache is None):
+            raise ValueError(
+                "train_cache and val_cache must both be set or both be None, got "
+                f"train_cache={train_cache!r} val_cache={val_cache!r}"
+            )
+        if train_cache is not None and train_manifest is not None:
+            raise ValueError(
+                "give manifests or latent caches, not both: got train_manifest="
+                f"{train_manifest!r} and train_cache={train_cache!r}"
+            )
         validate_clip_args(num_frames, frame_stride, resolution)
         if synthetic_num_clips < 8:
             raise ValueError(f"synthetic_num_clips must be >= 8, got {synthetic_num_clips}")
@@ -89,6 +110,8 @@ class VideoDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.train_manifest = train_manifest
         self.val_manifest = val_manifest
+        self.train_cache = train_cache
+        self.val_cache = val_cache
         self.synthetic_root = synthetic_root
         self.synthetic_num_clips = synthetic_num_clips
         self.num_frames = num_frames
@@ -98,15 +121,20 @@ class VideoDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.train_dataset: VideoClipDataset | None = None
-        self.val_dataset: VideoClipDataset | None = None
+        self.train_dataset: ClipDataset | None = None
+        self.val_dataset: ClipDataset | None = None
 
     def prepare_data(self) -> None:
         """Generate the synthetic set if it is used (Lightning runs this on one process per node)."""
-        self._manifests()
+        if self.train_cache is None:
+            self._manifests()
 
     def setup(self, stage: str | None = None) -> None:
-        """Build both datasets; cheap, as videos are only opened when accessed."""
+        """Build both datasets; cheap, as videos (or cache shards) are only opened when accessed."""
+        if self.train_cache is not None:
+            self.train_dataset = self._cached(self.train_cache)
+            self.val_dataset = self._cached(self.val_cache)
+            return
         train, val = self._manifests()
         self.train_dataset = self._dataset(train)
         self.val_dataset = self._dataset(val)
@@ -163,19 +191,33 @@ class VideoDataModule(L.LightningDataModule):
             target_fps=self.target_fps,
         )
 
-    def _loader(self, dataset: VideoClipDataset, sampler: EpochShuffleSampler | None) -> DataLoader:
+    def _cached(self, folder: str) -> LatentCacheDataset:
+        dataset = LatentCacheDataset(folder)
+        ours = {name: getattr(self, name) for name in CLIP_SETTINGS}
+        ours["resolution"] = list(self.resolution)
+        differ = {k: (dataset.settings[k], v) for k, v in ours.items() if dataset.settings[k] != v}
+        if differ:
+            raise ValueError(
+                f"latent cache {folder} was preprocessed with other clip settings; "
+                + ", ".join(f"{k}: cache {c!r}, data.{k} {v!r}" for k, (c, v) in differ.items())
+            )
+        return dataset
+
+    def _loader(self, dataset: ClipDataset, sampler: EpochShuffleSampler | None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_videos,
+            collate_fn=(
+                collate_cached if isinstance(dataset, LatentCacheDataset) else collate_videos
+            ),
             # Workers then keep their record of bad files across epochs, so each warns once.
             persistent_workers=self.num_workers > 0,
         )
 
     @staticmethod
-    def _require(dataset: VideoClipDataset | None) -> VideoClipDataset:
+    def _require(dataset: ClipDataset | None) -> ClipDataset:
         if dataset is None:
             raise RuntimeError("call setup() before requesting dataloaders")
         return dataset

@@ -106,21 +106,28 @@ class VideoClipDataset(Dataset[VideoSample]):
         if not 0 <= index < count:
             raise IndexError(f"index {index} out of range for {count} entries")
         for offset in range(count):
-            row = (index + offset) % count
-            entry = self.entries[row]
-            if row in self._bad:
-                continue
-            try:
-                video = self._load(row, entry)
-            except _BadVideo as err:
-                self._bad[row] = entry.path
-                warnings.warn(f"skipping video {entry.path}: {err}", BadVideoWarning, stacklevel=2)
-                continue
-            return {"video": video, "caption": entry.caption, "index": row}
+            sample = self.clip((index + offset) % count)
+            if sample is not None:
+                return sample
         raise RuntimeError(
             f"none of the {count} videos in manifest {self.manifest} is usable for clips of "
             f"{self.num_frames} frames; see the BadVideoWarning messages for each file"
         )
+
+    def clip(self, row: int) -> VideoSample | None:
+        """The clip of manifest ``row``, or None if the row is unusable (then remembered in
+        :attr:`skipped`, with one :class:`BadVideoWarning`). ``__getitem__`` falls through to the
+        next usable row instead; ``python -m data.preprocess`` takes each row once."""
+        entry = self.entries[row]
+        if row in self._bad:
+            return None
+        try:
+            video = self._load(row, entry)
+        except _BadVideo as err:
+            self._bad[row] = entry.path
+            warnings.warn(f"skipping video {entry.path}: {err}", BadVideoWarning, stacklevel=3)
+            return None
+        return {"video": video, "caption": entry.caption, "index": row}
 
     def _load(self, row: int, entry: ManifestEntry) -> torch.Tensor:
         """Decode the clip of manifest ``row``: float [C, T, H, W] in [-1, 1]."""

@@ -228,6 +228,15 @@ def test_every_config_parses(config):
             expected, "threshold", "head_global", 0.25)
 
 
+def test_latent_cache_overlay_on_a_paper_config():
+    paper = REPO / "configs" / "wan2.1_1.3b_93x576x1024_vmoba.yaml"
+    overlay = REPO / "configs" / "latent_cache.yaml"
+    cfg = ParseOnly(args=[f"--config={paper}", f"--config={overlay}"], run=False).config
+    assert (cfg.data.train_manifest, cfg.data.val_manifest) == (None, None)
+    assert (cfg.data.train_cache, cfg.data.val_cache) == ("TRAIN_CACHE", "VAL_CACHE")
+    assert (cfg.data.num_frames, tuple(cfg.data.resolution)) == (93, (576, 1024))
+
+
 def test_shifted_timesteps():
     u = torch.linspace(0, 1, 11)
     t = shift_timesteps(u, 3.0)
@@ -235,7 +244,8 @@ def test_shifted_timesteps():
     assert torch.equal(shift_timesteps(u, 1.0), u)
 
 
-def test_sampling_runs_dense_for_the_first_quarter_of_steps():
+@pytest.mark.parametrize("scheduler", ["euler", "unipc"])
+def test_sampling_runs_dense_for_the_first_quarter_of_steps(scheduler):
     torch.manual_seed(0)
     dit = VideoDiT(load_transformer(), VMoBASettings())
     modes = []
@@ -248,6 +258,7 @@ def test_sampling_runs_dense_for_the_first_quarter_of_steps():
         torch.zeros(1, 8, 64),
         (3, 4, 16, 16),
         steps=8,
+        scheduler=scheduler,
         generator=torch.Generator().manual_seed(0),
     )
     assert modes == [True, True] + [False] * 6

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from data.video_io import write_mp4
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 from vmoba.model.vae import LatentCodec
-from vmoba.sampling import sample_videos
+from vmoba.sampling import Scheduler, sample_videos
 from vmoba.test_metrics import TestMetrics
 from vmoba.text import TextEncoder
 
@@ -53,6 +53,12 @@ class VMoBAFlowMatching(L.LightningModule):
     with ``t`` drawn uniformly and shifted (``flow_shift``). The default is a tiny pixel-space
     model (no VAE) that trains on a CPU.
 
+    Batches are either decoded videos (``video``, ``caption``: encoded here by the VAE and the
+    text encoder) or read from a latent cache (``posterior_mean``, ``posterior_std``, ``text``,
+    ``caption``; see ``data.latent_cache``): then the VAE's encoder and the text encoder are
+    skipped, and the same seed gives the DiT the same inputs. The text encoder stays loaded for
+    the empty caption (caption dropout, guidance) and to embed the prompts of sampled videos.
+
     Args:
         transformer: ``WanTransformer3DModel`` constructor arguments (None: a tiny 3-layer model
             over RGB pixels). Ignored when ``pretrained_path`` is set.
@@ -71,6 +77,7 @@ class VMoBAFlowMatching(L.LightningModule):
         caption_dropout: probability of training on the empty caption (for guidance).
         gradient_checkpointing: recompute each transformer block in the backward pass.
         sample_steps: denoising steps of the videos sampled after each validation.
+        sample_scheduler: their flow-matching solver: ``euler`` or ``unipc`` (Wan's default).
         guidance_scale: classifier-free guidance scale of those samples.
         dense_fraction: share of the first denoising steps with dense attention (paper: 0.25).
         num_samples: videos sampled after each validation (0 disables sampling).
@@ -100,6 +107,7 @@ class VMoBAFlowMatching(L.LightningModule):
         caption_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
         sample_steps: int = 20,
+        sample_scheduler: Scheduler = "euler",
         guidance_scale: float = 5.0,
         dense_fraction: float = 0.25,
         num_samples: int = 2,
@@ -140,39 +148,66 @@ class VMoBAFlowMatching(L.LightningModule):
         self.step_seconds: list[float] = []
         self._step_start = 0.0
         self._sample_captions: list[str] = []  # prompts of the samples: the first val captions
-        self._sample_shape: tuple[int, ...] = ()  # (C, T, H, W) of one sample
+        self._sample_shape: tuple[int, ...] = ()  # (C, T, H, W) of the DiT's input
+
+    def latent_shape(self, video_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(C, T, H, W)`` of the DiT's input for videos of ``video_shape`` ``(3, T, H, W)``."""
+        return video_shape if self.codec is None else self.codec.latent_shape(video_shape)
+
+    def batch_latent_shape(self, batch: dict[str, Any]) -> tuple[int, ...]:
+        """``(C, T, H, W)`` of the DiT's input for one clip of ``batch`` (raw or cached)."""
+        if "posterior_mean" in batch:
+            return tuple(batch["posterior_mean"].shape[1:])
+        return self.latent_shape(tuple(batch["video"].shape[1:]))
+
+    def clean_latents(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """``x_0`` ``[B, C, T, H, W]``: the videos, or their normalised VAE latents sampled with
+        ``generator`` from the posterior (computed here, or read from the latent cache)."""
+        if "posterior_mean" in batch:
+            if self.codec is None:
+                raise ValueError("cached batches need model.vae_path (the VAE that made the cache)")
+            return self.codec.sample(batch["posterior_mean"], batch["posterior_std"], generator)
+        if self.codec is None:
+            return batch["video"]
+        return self.codec.encode(batch["video"], generator)
+
+    def text_embeddings(self, batch: dict[str, Any], drop: torch.Tensor) -> torch.Tensor:
+        """``[B, L, text_dim]`` embeddings of the captions, the empty caption's where ``drop``."""
+        if "text" not in batch:
+            captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
+            return self.text_encoder(captions)
+        text = batch["text"].float()
+        if text.shape[1] != self.text_encoder.max_length:
+            raise ValueError(
+                f"the latent cache holds text of {text.shape[1]} tokens, but model.text_max_length "
+                f"is {self.text_encoder.max_length}: preprocess with --text_max_length "
+                f"{self.text_encoder.max_length} or set model.text_max_length {text.shape[1]}"
+            )
+        if not drop.any():  # spares embedding the empty caption
+            return text
+        return torch.where(drop.view(-1, 1, 1), self.text_encoder([""]), text)
 
     def flow_matching_loss(
-        self,
-        video: torch.Tensor,
-        captions: list[str],
-        generator: torch.Generator,
-        *,
-        dropout: float,
+        self, batch: dict[str, Any], generator: torch.Generator, *, dropout: float
     ) -> torch.Tensor:
-        """MSE between predicted and true velocity for clean ``video`` ``[B, 3, T, H, W]`` (or its
-        VAE latents)."""
-        if self.codec is not None:
-            video = self.codec.encode(video, generator)
-        batch = video.shape[0]
-        u = torch.rand(batch, generator=generator, device=video.device)
+        """MSE between predicted and true velocity for the clean clips of ``batch`` (pixels or VAE
+        latents), captions replaced by the empty one with probability ``dropout``."""
+        x0 = self.clean_latents(batch, generator)
+        size = x0.shape[0]
+        u = torch.rand(size, generator=generator, device=x0.device)
         t = shift_timesteps(u, self.hparams.flow_shift)
-        drop = torch.rand(batch, generator=generator, device=video.device) < dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        noise = torch.randn(
-            video.shape, generator=generator, device=video.device, dtype=video.dtype
-        )
-        t_ = t.view(-1, 1, 1, 1, 1).to(video.dtype)
-        noisy = (1 - t_) * video + t_ * noise
-        velocity = self.dit(noisy, t * 1000, self.text_encoder(captions))
-        return F.mse_loss(velocity.float(), (noise - video).float())
+        drop = torch.rand(size, generator=generator, device=x0.device) < dropout
+        text = self.text_embeddings(batch, drop)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t_ = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
+        noisy = (1 - t_) * x0 + t_ * noise
+        velocity = self.dit(noisy, t * 1000, text)
+        return F.mse_loss(velocity.float(), (noise - x0).float())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         micro = batch_idx % self.trainer.accumulate_grad_batches
         generator = step_generator(self.device, self.hparams.seed, self.global_step, micro)
-        loss = self.flow_matching_loss(
-            batch["video"], batch["caption"], generator, dropout=self.hparams.caption_dropout
-        )
+        loss = self.flow_matching_loss(batch, generator, dropout=self.hparams.caption_dropout)
         self.log("train/loss", loss, prog_bar=True)
         for kind, density in self.dit.densities().items():
             self.log(f"train/density_{kind}", density)
@@ -184,24 +219,22 @@ class VMoBAFlowMatching(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         seconds = time.perf_counter() - self._step_start
         self.step_seconds.append(seconds)
-        shape = tuple(batch["video"].shape[1:])
-        if self.codec is not None:
-            shape = self.codec.latent_shape(shape)
-        tokens = math.prod(self.dit.latent_grid(shape)) * batch["video"].shape[0]
+        grid = self.dit.latent_grid(self.batch_latent_shape(batch))
+        tokens = math.prod(grid) * len(batch["caption"])
         self.log("train/tokens_per_s", tokens / seconds, prog_bar=True)
 
     def evaluation_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Loss with noise and timesteps fixed per batch index, comparable across evaluations."""
         generator = step_generator(self.device, self.hparams.seed, 1_000_000 + batch_idx)
-        return self.flow_matching_loss(batch["video"], batch["caption"], generator, dropout=0.0)
+        return self.flow_matching_loss(batch, generator, dropout=0.0)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.evaluation_loss(batch, batch_idx)
         self.val_losses.append(loss.detach())
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         if batch_idx == 0:
             self._sample_captions = batch["caption"][: self.hparams.num_samples]
-            self._sample_shape = tuple(batch["video"].shape[1:])
+            self._sample_shape = self.batch_latent_shape(batch)
         return loss
 
     def on_test_epoch_start(self) -> None:
@@ -213,7 +246,7 @@ class VMoBAFlowMatching(L.LightningModule):
         """Validation's loss (same seeded noise) as ``test/loss``; then one video sampled per
         caption into ``<run dir>/test_samples/`` and scored by ``test_metrics``."""
         loss = self.evaluation_loss(batch, batch_idx)
-        self.log("test/loss", loss, batch_size=batch["video"].shape[0])
+        self.log("test/loss", loss, batch_size=len(batch["caption"]))
         if self._test_metrics.ready:
             paths = self._sample_batch(batch, batch_idx, "test_samples")
             self._test_metrics.score(paths, batch["caption"])
@@ -228,7 +261,7 @@ class VMoBAFlowMatching(L.LightningModule):
         return self._sample_batch(batch, batch_idx, "predictions")
 
     def _sample_batch(self, batch: dict[str, Any], batch_idx: int, folder: str) -> list[Path]:
-        shape = tuple(batch["video"].shape[1:])
+        shape = self.batch_latent_shape(batch)
         return self.save_samples(self.run_dir / folder, f"batch{batch_idx:04d}", batch["caption"], shape)
 
     def on_validation_epoch_end(self) -> None:
@@ -249,28 +282,33 @@ class VMoBAFlowMatching(L.LightningModule):
     def save_samples(
         self, folder: Path, prefix: str, captions: list[str], shape: tuple[int, ...]
     ) -> list[Path]:
-        """Sample one video of ``shape`` ``(C, T, H, W)`` per caption and write them as mp4 files
-        named ``<prefix>_<i>_<caption>.mp4`` (the same names in every run with the same seed)."""
+        """Sample one video per caption, of latent ``shape`` ``(C, T, H, W)`` (the DiT's input),
+        and write them as mp4 files named ``<prefix>_<i>_<caption>.mp4`` (the same names in every
+        run with the same seed)."""
         text = self.text_encoder(captions)
-        videos = sample_videos(
+        latents = sample_videos(
             self.dit,
             text,
             self.text_encoder([""]),
-            shape if self.codec is None else self.codec.latent_shape(shape),
+            shape,
             steps=self.hparams.sample_steps,
             guidance_scale=self.hparams.guidance_scale,
             flow_shift=self.hparams.flow_shift,
             dense_fraction=self.hparams.dense_fraction,
+            scheduler=self.hparams.sample_scheduler,
             generator=step_generator(self.device, self.hparams.seed, 2_000_000),
         )
-        if self.codec is not None:
-            videos = self.codec.decode(videos)
+        videos = self.to_pixels(latents)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, (video, caption) in enumerate(zip(videos, captions)):
             paths.append(folder / f"{prefix}_{i}_{caption_slug(caption)}.mp4")
             write_mp4(paths[-1], to_uint8_frames(video), fps=self.hparams.sample_fps)
         return paths
+
+    def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Videos ``[B, 3, T, H, W]`` in [-1, 1] of the DiT's ``latents`` (decoded by the VAE)."""
+        return latents if self.codec is None else self.codec.decode(latents)
 
     @property
     def run_dir(self) -> Path:

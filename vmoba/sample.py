@@ -1,11 +1,13 @@
 """Sample videos from a trained checkpoint for the prompts of a file.
 
     python -m vmoba.sample --checkpoint runs/default/checkpoints/last.ckpt --prompts prompts.txt \\
-        --out samples/ [--steps 30 --guidance 5 --flow-shift 3 --dense-fraction 0.25 --seed 0]
+        --out samples/ [--steps 30 --scheduler unipc --guidance 5 --flow-shift 3 \\
+        --dense-fraction 0.25 --seed 0]
 
 Prompts: one per line. Writes one mp4 per prompt (``000_<prompt>.mp4``) and ``settings.json``: the
 sampling settings, the checkpoint, the video shape and each layer's kept density at the last
 denoising step (dense attention for the first ``dense_fraction`` of the steps, VMoBA after).
+A model trained on VAE latents samples latents and decodes them with its VAE.
 """
 
 from __future__ import annotations
@@ -18,19 +20,18 @@ import torch
 
 from data.video_io import write_mp4
 from vmoba.flow_matching import VMoBAFlowMatching, caption_slug, step_generator, to_uint8_frames
-from vmoba.sampling import sample_videos
+from vmoba.sampling import SCHEDULERS, make_scheduler, sample_videos
 
 
 def load_for_sampling(
     checkpoint: Path, device: str = "cpu"
 ) -> tuple[VMoBAFlowMatching, tuple[int, int, int, int]]:
-    """The model of a checkpoint (eval mode) and the ``(C, T, H, W)`` of its training clips."""
+    """The model of a checkpoint (eval mode) and the ``(3, T, H, W)`` of its training videos."""
     model = VMoBAFlowMatching.load_from_checkpoint(checkpoint, map_location=device).eval()
     # mmap: only the hyperparameters are read, not the weights a second time
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     data = ckpt["datamodule_hyper_parameters"]
-    channels = model.dit.transformer.config.in_channels
-    return model, (channels, data["num_frames"], *data["resolution"])
+    return model, (3, data["num_frames"], *data["resolution"])
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=None,
+                        help="default: the checkpoint's model.sample_scheduler")
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--flow-shift", type=float, default=None, help="default: the checkpoint's")
     parser.add_argument("--dense-fraction", type=float, default=0.25)
@@ -56,9 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    model, (channels, frames, height, width) = load_for_sampling(args.checkpoint, args.device)
-    shape = (channels, args.frames or frames, *(args.size or (height, width)))
+    model, (_, frames, height, width) = load_for_sampling(args.checkpoint, args.device)
+    video_shape = (3, args.frames or frames, *(args.size or (height, width)))
+    shape = model.latent_shape(video_shape)
     flow_shift = model.hparams.flow_shift if args.flow_shift is None else args.flow_shift
+    scheduler = args.scheduler or model.hparams.sample_scheduler
     args.out.mkdir(parents=True, exist_ok=True)
     videos = []
     empty_text = model.text_encoder([""])  # the unconditional branch, shared by every prompt
@@ -66,18 +71,19 @@ def main(argv: list[str] | None = None) -> None:
         video = sample_videos(
             model.dit, model.text_encoder([prompt]), empty_text, shape,
             steps=args.steps, guidance_scale=args.guidance, flow_shift=flow_shift,
-            dense_fraction=args.dense_fraction,
+            dense_fraction=args.dense_fraction, scheduler=scheduler,
             generator=step_generator(model.device, args.seed, i),
-        )[0]
+        )
+        video = model.to_pixels(video)[0]
         name = f"{i:03d}_{caption_slug(prompt)}.mp4"
         write_mp4(args.out / name, to_uint8_frames(video), fps=args.fps)
         densities = [round(p.density.item(), 4) for p in model.dit.processors if p.density is not None]
         videos.append(dict(file=name, prompt=prompt, layer_density=densities))
     settings = dict(
-        checkpoint=str(args.checkpoint), shape=list(shape), steps=args.steps,
+        checkpoint=str(args.checkpoint), shape=list(video_shape), latent_shape=list(shape),
+        steps=args.steps, scheduler=type(make_scheduler(scheduler, flow_shift)).__name__,
         guidance_scale=args.guidance, flow_shift=flow_shift, dense_fraction=args.dense_fraction,
-        seed=args.seed, scheduler="FlowMatchEulerDiscreteScheduler",
-        attention=model.settings.attention,
+        seed=args.seed, attention=model.settings.attention,
         layer_kinds=[p.kind for p in model.dit.processors], videos=videos,
     )
     (args.out / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")

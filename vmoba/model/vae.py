@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.utils.torch_utils import randn_tensor
 
 
 class LatentCodec(torch.nn.Module):
@@ -23,14 +24,15 @@ class LatentCodec(torch.nn.Module):
         self.train(False)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> LatentCodec:
-        """Load ``AutoencoderKLWan`` from a local folder (a Wan pipeline root with ``vae/`` works)."""
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> LatentCodec:
+        """Load ``AutoencoderKLWan`` in ``dtype`` from a local folder (a Wan pipeline root with
+        ``vae/`` works). The normalisation constants stay float32."""
         path = Path(path).expanduser()
         if (path / "vae").is_dir():
             path = path / "vae"
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no Wan VAE (config.json) under {path}")
-        return cls(AutoencoderKLWan.from_pretrained(path, local_files_only=True))
+        return cls(AutoencoderKLWan.from_pretrained(path, local_files_only=True, torch_dtype=dtype))
 
     def train(self, mode: bool = True) -> LatentCodec:
         return super().train(False)
@@ -42,10 +44,27 @@ class LatentCodec(torch.nn.Module):
         return self.vae.config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation ``[B, z, T', H', W']`` (VAE dtype, not normalised) of the
+        VAE's latent distribution of ``video``. Each clip is encoded alone, as Wan's own VAE
+        wrapper does, so its latents do not depend on its batch-mates (nor on the batch size)."""
+        video = video.to(self.vae.dtype)
+        dists = [self.vae.encode(clip.unsqueeze(0)).latent_dist for clip in video]
+        return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+    def sample(
+        self, mean: torch.Tensor, std: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """Normalised float32 latents drawn from the posterior ``(mean, std)`` of :meth:`posterior`
+        (the same draw as diffusers' ``DiagonalGaussianDistribution.sample(generator)``)."""
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return ((mean + std * noise).float() - self.mean) / self.std
+
+    def encode(
+        self, video: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Sampled, normalised latents of ``video`` (``generator`` makes the sample repeatable)."""
-        posterior = self.vae.encode(video.to(self.vae.dtype)).latent_dist
-        return (posterior.sample(generator).float() - self.mean) / self.std
+        return self.sample(*self.posterior(video), generator)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
