@@ -105,3 +105,16 @@ def test_segment_reduction_kernels_match_the_torch_path():
         results.append((out.cpu(), out_lse.cpu(), summed.cpu()))
     for got, want in zip(results[1], results[0]):
         assert rel_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("select,scope,topk", MODES)
+def test_compiled_selection_equals_eager(select, scope, topk):
+    from vmoba.attention import api
+
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    q, k = (torch.randn(2, 1260, 4, 64, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
+    config = SelectionConfig(select, scope, 0.25, topk)
+    for block in BLOCKS.values():
+        partition, keep = vmoba_selection(q, k, grid=GRID, block=block, config=config)
+        eager = api._gates_and_selection(q, k, partition.on("cuda:0"), config)
+        assert torch.equal(keep, eager)

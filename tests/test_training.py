@@ -15,7 +15,7 @@ from data.synthetic import ensure_synthetic_dataset
 from vmoba.attention import block_partition
 from vmoba.checkpoint_io import AtomicCheckpointIO
 from vmoba.cli import VMoBACLI
-from vmoba.flow_matching import shift_timesteps
+from vmoba.flow_matching import FROZEN_PREFIXES, shift_timesteps
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 from vmoba.model.vae import LatentCodec
 from vmoba.sampling import sample_videos
@@ -88,6 +88,9 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
         header.split(",")
     )
     assert not list((run_dir / "checkpoints").glob(".*tmp"))  # atomic writes left no temporaries
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(k.startswith("dit.") for k in state)  # frozen modules are rebuilt, not stored
+    assert not [k for k in state if k.startswith(FROZEN_PREFIXES)]
 
     ckpt = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
     validated = VMoBACLI(args=["validate", *_args(run_dir, synthetic_root), ckpt])

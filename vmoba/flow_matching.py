@@ -46,6 +46,8 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     )
 
 
+FROZEN_PREFIXES = ("text_encoder.", "codec.")  # modules rebuilt from hyperparameters, not trained
+
 class VMoBAFlowMatching(L.LightningModule):
     """Trains a text-to-video Wan transformer with VMoBA self-attention by flow matching.
 
@@ -350,6 +352,18 @@ class VMoBAFlowMatching(L.LightningModule):
                 f"skipped unreadable or too-short videos: {counts} (see the warnings above)"
             )
         return counts
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the frozen text encoder and VAE out of checkpoints: the model rebuilds them from
+        its hyperparameters (their local paths, or the seed), and UMT5-XXL alone is ~22 GB."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put this model's frozen weights back before the strict state-dict load."""
+        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
+        checkpoint["state_dict"].update(frozen)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.dit.parameters() if p.requires_grad]
