@@ -189,7 +189,7 @@ def test_flex_equals_the_reference(mode, kind, dtype):
 def test_compiled_cpu_kernel_skips_exactly_the_unselected_tiles():
     """The C++ kernel reads the BlockMask (it skips absent tiles and runs no mask_mod on full
     ones), so a wrong tile list would change its output; the eager implementation would not.
-    One case: the first compile costs about 25 s on a cold cache."""
+    One case: its compile takes 15 to 25 s on a cold inductor cache."""
     grid, block, tile = GRIDS["ragged"], BLOCKS["3d"], (16, 24)
     (q, k, v), partition, keep = _selection(MODES[1], grid, block, dtype=torch.float32)
     expected = vmoba_attention(q, k, v, backend="reference", **_kwargs(MODES[1], grid, block))
@@ -211,7 +211,7 @@ def _no_unbacked_shapes(gm, example_inputs):
 def test_fullgraph_compile_traces_selection_mask_and_attention():
     """No graph break, host sync or data-dependent shape from the gates to the output. (CPU
     inductor cannot lower FlexAttention with in-graph mask buffers, so this traces and runs the
-    graph with aot_eager; tests/test_gpu.py compiles it with inductor.)"""
+    graph with aot_eager, forward only; tests/test_gpu.py compiles it with inductor.)"""
     torch._dynamo.reset()
     grid, block = GRIDS["ragged"], BLOCKS["3d"]
     (q, k, v), _, _ = _selection(MODES[4], grid, block, dtype=torch.float32)
