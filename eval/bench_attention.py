@@ -21,7 +21,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from vmoba.attention import SelectionConfig, kept_density, vmoba_attention, vmoba_selection
+from vmoba.attention import (
+    SelectionConfig,
+    flex_tile_density,
+    kept_density,
+    vmoba_attention,
+    vmoba_selection,
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
             config = SelectionConfig(setting.select, setting.scope, setting.threshold, topk)
             part, keep = vmoba_selection(q, k, grid=setting.grid, block=block, config=config)
             density = kept_density(keep, part).item()
+            tile_density = flex_tile_density(keep, part).item()  # the work flex does
             select_ms = _time(
                 lambda: vmoba_selection(q, k, grid=setting.grid, block=block, config=config), []
             )
@@ -140,6 +147,7 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
                     selection_ms=select_ms,
                     **dense,
                     density=density,
+                    flex_tile_density=tile_density,
                     extra_peak_mem_gib=_peak_gib(_fwd_bwd(attend, grad)) - dense_peak,
                     date=datetime.date.today().isoformat(),
                     device=device,
@@ -195,6 +203,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--out-dir", type=Path, default=Path("eval/results"))
     args = parser.parse_args()
+    torch._dynamo.config.recompile_limit = 64  # flex compiles once per (tokens, layer kind)
     settings = [s for s in SETTINGS if s.tokens in args.tokens]
     records = run(settings, args.backends, args.heads, args.dim)
     args.out_dir.mkdir(parents=True, exist_ok=True)

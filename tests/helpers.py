@@ -5,6 +5,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from vmoba.attention import vmoba_attention
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
@@ -52,3 +54,14 @@ def save_tiny_wan(root: Path) -> Path:
         )
     pipeline.save_pretrained(root)
     return root
+
+
+class AttentionLayer(torch.nn.Module):
+    """A module whose forward is one ``vmoba_attention`` call with fixed keyword arguments."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs = kwargs
+
+    def forward(self, q, k, v):
+        return vmoba_attention(q, k, v, **self.kwargs)

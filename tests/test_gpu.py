@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 import torch
-from helpers import rel_error
+from helpers import AttentionLayer, rel_error
 
 from vmoba.attention import (
     backend_names,
@@ -56,36 +56,68 @@ def _cuda_backends(dtype):
     return [n for n in names if n != "reference"]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("kind", BLOCKS)
-@pytest.mark.parametrize("select,scope,topk", MODES)
-def test_cuda_backends_match_reference(select, scope, topk, kind, dtype):
-    gen = torch.Generator(device="cuda").manual_seed(zlib.crc32(f"{select}{scope}{kind}".encode()))
+def _inputs(name, dtype):
+    """Seeded q, k, v ``[2, 1260, 4, 64]`` (leaves) and an output gradient on the GPU."""
+    gen = torch.Generator(device="cuda").manual_seed(zlib.crc32(name.encode()))
     q, k, v = (
         torch.randn(2, 1260, 4, 64, device="cuda", generator=gen, dtype=dtype).requires_grad_()
         for _ in range(3)
     )
-    grad = torch.randn(q.shape, device="cuda", generator=gen, dtype=dtype)
-    kwargs = dict(grid=GRID, block=BLOCKS[kind], select=select, scope=scope, topk=topk)
+    return q, k, v, torch.randn(q.shape, device="cuda", generator=gen, dtype=dtype)
+
+
+def _reference_and_budget(q, k, v, grad, kwargs):
+    """The float64 reference's output and q/k/v gradients, and the error each may carry: twice
+    that of plain PyTorch attention in q's dtype under the same mask, plus a 1e-3 floor."""
     exact = vmoba_attention(*(x.double() for x in (q, k, v)), backend="reference", **kwargs)
-    exact_grads = torch.autograd.grad(exact, (q, k, v), grad.double())
-    # Plain PyTorch attention in the same dtype, under the same mask, sets the error budget.
-    config = SelectionConfig(select, scope, 0.25, topk)
-    partition, keep = vmoba_selection(q, k, grid=GRID, block=BLOCKS[kind], config=config)
+    exact = (exact, *torch.autograd.grad(exact, (q, k, v), grad.double()))
+    config = SelectionConfig(kwargs["select"], kwargs["scope"], 0.25, kwargs["topk"])
+    partition, keep = vmoba_selection(
+        q, k, grid=kwargs["grid"], block=kwargs["block"], config=config
+    )
     plain = torch.nn.functional.scaled_dot_product_attention(
         *(x.transpose(1, 2) for x in (q, k, v)), attn_mask=token_mask(keep, partition)
     ).transpose(1, 2)
-    plain_grads = torch.autograd.grad(plain, (q, k, v), grad)
+    plain = (plain, *torch.autograd.grad(plain, (q, k, v), grad))
+    return exact, [2 * rel_error(p, e) + 1e-3 for p, e in zip(plain, exact)]
+
+
+def _errors(out, q, k, v, grad, exact):
+    """Relative errors of ``out`` and its q/k/v gradients against ``exact``."""
+    got = (out, *torch.autograd.grad(out, (q, k, v), grad))
+    return [rel_error(g, e) for g, e in zip(got, exact)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kind", BLOCKS)
+@pytest.mark.parametrize("select,scope,topk", MODES)
+def test_cuda_backends_match_reference(select, scope, topk, kind, dtype):
+    q, k, v, grad = _inputs(f"{select}{scope}{kind}", dtype)
+    kwargs = dict(grid=GRID, block=BLOCKS[kind], select=select, scope=scope, topk=topk)
+    exact, budget = _reference_and_budget(q, k, v, grad, kwargs)
     backends = _cuda_backends(dtype)
     assert backends
     for backend in backends:
         out = vmoba_attention(q, k, v, backend=backend, **kwargs)
         assert out.dtype == dtype
-        assert rel_error(out, exact) <= 2 * rel_error(plain, exact) + 1e-3, backend
-        for got, want, base in zip(
-            torch.autograd.grad(out, (q, k, v), grad), exact_grads, plain_grads
-        ):
-            assert rel_error(got, want) <= 2 * rel_error(base, want) + 1e-3, backend
+        errors = _errors(out, q, k, v, grad, exact)
+        assert all(e <= b for e, b in zip(errors, budget)), (backend, errors, budget)
+
+
+@pytest.mark.parametrize("kind", BLOCKS)
+def test_flex_compiles_fullgraph_and_matches_eager(kind):
+    """The issue's bar: torch.compile(fullgraph=True) with inductor of a module calling the flex
+    backend (selection, BlockMask and kernel in one graph), forward and backward."""
+    q, k, v, grad = _inputs(f"flex{kind}", torch.bfloat16)
+    kwargs = dict(grid=GRID, block=BLOCKS[kind], select="threshold", scope="head_global", topk=None)
+    layer = AttentionLayer(backend="flex", **kwargs)
+    exact, budget = _reference_and_budget(q, k, v, grad, kwargs)
+    compiled = torch.compile(layer, fullgraph=True)(q, k, v)
+    eager = layer(q, k, v)
+    assert rel_error(compiled, eager) <= budget[0]
+    for out in (compiled, eager):
+        errors = _errors(out, q, k, v, grad, exact)
+        assert all(e <= b for e, b in zip(errors, budget)), (errors, budget)
 
 
 def test_segment_reduction_kernels_match_the_torch_path():

@@ -40,7 +40,8 @@ def _qkv(shape=(1, 24, 2, 8), dtype=torch.float32):
         (dict(threshold=-0.1), r"threshold must be a number in \[0, 1\]"),
         (
             dict(backend="triton"),
-            r"backend must be one of \('auto', 'chunked', 'gathered', 'reference', 'varlen'\)",
+            r"backend must be one of "
+            r"\('auto', 'chunked', 'flex', 'gathered', 'reference', 'varlen'\)",
         ),
     ],
 )
@@ -65,7 +66,7 @@ def test_bad_tensors():
 
 
 def test_registry_names_and_auto_choice():
-    assert backend_names() == ("auto", "chunked", "gathered", "reference", "varlen")
+    assert backend_names() == ("auto", "chunked", "flex", "gathered", "reference", "varlen")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_backend("auto", cpu, torch.float32, 64).name == "gathered"
     assert resolve_backend("auto", cuda, torch.bfloat16, 128).name == "varlen"

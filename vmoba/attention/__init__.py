@@ -2,6 +2,7 @@
 
 from vmoba.attention.api import vmoba_attention, vmoba_selection
 from vmoba.attention.backends import Backend, backend_names, register_backend, resolve_backend
+from vmoba.attention.flex import flex_block_mask, flex_tile_density
 from vmoba.attention.gates import block_gates, block_mean_keys
 from vmoba.attention.partition import LAYER_KINDS, BlockPartition, block_partition, layer_kind
 from vmoba.attention.reference import reference_attention
@@ -26,6 +27,8 @@ __all__ = [
     "block_gates",
     "block_mean_keys",
     "block_partition",
+    "flex_block_mask",
+    "flex_tile_density",
     "kept_density",
     "layer_kind",
     "reference_attention",

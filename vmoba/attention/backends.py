@@ -11,6 +11,7 @@ name        priority  when ``auto`` picks it
 varlen      30        CUDA float16/bfloat16, head dim a multiple of 8 up to 256 (FA2 kernels)
 gathered    20        CPU tensors (work and memory scale with the kept density)
 chunked     10        other devices (memory-safe dense-masked chunks, no S x S tensor)
+flex        5         never while chunked runs everywhere: opt-in until benchmarked (FlexAttention)
 reference   0         never (the plain ground truth; memory grows as S^2)
 =========== ========= ============================================================
 """
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 
 from vmoba.attention.chunked import chunked_attention
+from vmoba.attention.flex import flex_attention
 from vmoba.attention.gathered import gathered_attention
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.reference import reference_attention
@@ -99,7 +101,16 @@ def _cuda_half(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     return device.type == "cuda" and half and head_dim % 8 == 0 and head_dim <= 256
 
 
+def _flex(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    if device.type == "cpu":  # eager and forward only: for tests and debugging
+        return dtype in (torch.float32, torch.float64)
+    flex_dtype = dtype in (torch.float16, torch.bfloat16, torch.float32)
+    power_of_two = head_dim & (head_dim - 1) == 0
+    return device.type == "cuda" and flex_dtype and power_of_two and 16 <= head_dim <= 256
+
+
 register_backend(Backend("reference", reference_attention, priority=0))
+register_backend(Backend("flex", flex_attention, priority=5, supports=_flex))
 register_backend(Backend("chunked", chunked_attention, priority=10))
 register_backend(Backend("gathered", gathered_attention, priority=20, supports=_cpu))
 register_backend(Backend("varlen", varlen_attention, priority=30, supports=_cuda_half))

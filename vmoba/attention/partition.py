@@ -126,7 +126,10 @@ def _cached_partition(grid: Grid, shape: Grid, kind: LayerKind) -> BlockPartitio
     ww = torch.arange(w).view(1, 1, w) // cw
     block_index = ((tt * nh + hh) * nw + ww).flatten()  # [S], block ids in raster order of blocks
     perm = torch.sort(block_index, stable=True).indices
-    sizes = torch.bincount(block_index)
+    # Not bincount: under torch.compile (which traces through the lru_cache) its size would be
+    # data-dependent; this one is static, so the partition traces in a fullgraph.
+    sizes = torch.zeros(-(-t // ct) * nh * nw, dtype=torch.int64)
+    sizes.index_add_(0, block_index, torch.ones_like(block_index))
     offsets = torch.zeros(sizes.numel() + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(sizes, 0)
     return BlockPartition(
