@@ -186,6 +186,8 @@ def markdown(records: list[dict]) -> str:
     for tokens in sorted({r["tokens"] for r in records}, reverse=True):
         for backend in sorted({r["backend"] for r in records}):
             rows = [r for r in records if r["tokens"] == tokens and r["backend"] == backend]
+            if not rows:
+                continue
             fwd = sum(r["dense_cudnn_fwd_ms"] for r in rows) / sum(r["fwd_ms"] for r in rows)
             both = sum(r["dense_cudnn_fwd_bwd_ms"] for r in rows) / sum(
                 r["fwd_bwd_ms"] for r in rows
