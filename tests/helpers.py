@@ -16,3 +16,54 @@ def random_qkv(batch, tokens, heads, dim, *, dtype=torch.float32, seed=0, grad=T
         torch.randn(batch, tokens, heads, dim, generator=gen, dtype=dtype).requires_grad_(grad)
         for _ in range(3)
     )
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gloo_worker(rank: int, world_size: int, port: int, fn, args: tuple) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # the processes share the CI machine's cores
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_gloo(fn, world_size: int, *args, timeout: float = 120.0) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes of one gloo group.
+
+    ``fn`` must be importable (a module-level function); an exception in any process fails the
+    caller with that process's traceback, and a hang is killed after ``timeout`` seconds.
+    """
+    import time
+
+    import pytest
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is unavailable")
+    # Fork from a server that imported fn's module once: each call then starts in milliseconds
+    # instead of importing torch and diffusers in every process.
+    mp.set_forkserver_preload([fn.__module__])
+    context = mp.start_processes(
+        _gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=False,
+        start_method="forkserver",
+    )
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"{world_size} gloo processes still running after {timeout} s")

@@ -169,13 +169,18 @@ class VMoBAFlowMatching(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         micro = batch_idx % self.trainer.accumulate_grad_batches
-        generator = step_generator(self.device, self.hparams.seed, self.global_step, micro)
+        # Each data-parallel replica draws its own noise; the ranks of a sequence-parallel group
+        # (consecutive ranks, see vmoba.parallel.strategy) must draw the same. Replica 0 keeps
+        # the single-process stream.
+        replica = self.trainer.global_rank // self.dit.sequence_size
+        keys = (self.hparams.seed, self.global_step, micro) + ((replica,) if replica else ())
+        generator = step_generator(self.device, *keys)
         loss = self.flow_matching_loss(
             batch["video"], batch["caption"], generator, dropout=self.hparams.caption_dropout
         )
         self.log("train/loss", loss, prog_bar=True)
-        for kind, density in self.dit.densities().items():
-            self.log(f"train/density_{kind}", density)
+        for kind, density in self.dit.densities().items():  # per rank: its samples and heads
+            self.log(f"train/density_{kind}", density, sync_dist=True)
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -216,7 +221,8 @@ class VMoBAFlowMatching(L.LightningModule):
         self.log("test/loss", loss, batch_size=batch["video"].shape[0])
         if self._test_metrics.ready:
             paths = self._sample_batch(batch, batch_idx, "test_samples")
-            self._test_metrics.score(paths, batch["caption"])
+            if self.dit.sequence_rank == 0:  # the rank that wrote them
+                self._test_metrics.score(paths, batch["caption"])
         return loss
 
     def on_test_epoch_end(self) -> None:
@@ -238,7 +244,8 @@ class VMoBAFlowMatching(L.LightningModule):
             self.val_loss_start = mean  # before any training step: the baseline for metrics.json
             return
         self.val_loss_end = mean
-        if self.hparams.num_samples > 0 and self.trainer.is_global_zero:
+        # Rank 0 samples; with sequence parallelism, the rest of its group takes part.
+        if self.hparams.num_samples > 0 and self.trainer.global_rank < self.dit.sequence_size:
             self.save_samples(
                 self.run_dir / "samples",
                 f"step{self.global_step:06d}",
@@ -250,7 +257,8 @@ class VMoBAFlowMatching(L.LightningModule):
         self, folder: Path, prefix: str, captions: list[str], shape: tuple[int, ...]
     ) -> list[Path]:
         """Sample one video of ``shape`` ``(C, T, H, W)`` per caption and write them as mp4 files
-        named ``<prefix>_<i>_<caption>.mp4`` (the same names in every run with the same seed)."""
+        named ``<prefix>_<i>_<caption>.mp4`` (the same names in every run with the same seed).
+        With sequence parallelism the whole group samples and its first rank writes."""
         text = self.text_encoder(captions)
         videos = sample_videos(
             self.dit,
@@ -265,11 +273,11 @@ class VMoBAFlowMatching(L.LightningModule):
         )
         if self.codec is not None:
             videos = self.codec.decode(videos)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, (video, caption) in enumerate(zip(videos, captions)):
-            paths.append(folder / f"{prefix}_{i}_{caption_slug(caption)}.mp4")
-            write_mp4(paths[-1], to_uint8_frames(video), fps=self.hparams.sample_fps)
+        paths = [folder / f"{prefix}_{i}_{caption_slug(c)}.mp4" for i, c in enumerate(captions)]
+        if self.dit.sequence_rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path, video in zip(paths, videos):
+                write_mp4(path, to_uint8_frames(video), fps=self.hparams.sample_fps)
         return paths
 
     @property

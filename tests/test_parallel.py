@@ -1,0 +1,141 @@
+"""Ulysses sequence parallelism on 2 (and 4) gloo processes equals one process, forward and
+backward: the attention alone, and the whole tiny DiT under DDP."""
+
+import copy
+import re
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from helpers import random_qkv, rel_error, run_gloo
+from torch.nn.parallel import DistributedDataParallel
+
+from vmoba.attention import vmoba_attention
+from vmoba.model import TINY_WAN, VideoDiT, VMoBASettings, load_transformer
+from vmoba.parallel.ulysses import (
+    gather_sequence,
+    heads_to_sequence,
+    sequence_to_heads,
+    shard_sequence,
+    ulysses_attention,
+)
+
+GRIDS = [(6, 4, 4), (5, 4, 6)]  # even and ragged blocks; 96 and 120 tokens
+BLOCKS = {"1d": 2, "2d": (3, 3), "3d": (2, 3, 2)}
+MODES = [dict(select="threshold", scope="head_global", threshold=0.25),
+         dict(select="topk", scope="query_head", topk=2)]
+
+
+def _attention_worker(rank, world_size):
+    group = dist.group.WORLD
+    for grid in GRIDS:
+        tokens = grid[0] * grid[1] * grid[2]
+        for kind, block in BLOCKS.items():
+            for mode in MODES:
+                q, k, v = random_qkv(2, tokens, 4, 8, seed=tokens)
+                attend = lambda q, k, v: vmoba_attention(q, k, v, grid=grid, block=block, **mode)
+                expected = attend(q, k, v)
+                grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
+                expected.backward(grad_out)
+                local = [shard_sequence(x.detach(), group).requires_grad_() for x in (q, k, v)]
+                out = ulysses_attention(*local, attend, group)
+                out.backward(shard_sequence(grad_out, group))
+                case = f"grid {grid}, {kind}, {mode}"
+                assert rel_error(gather_sequence(out, group), expected) < 1e-6, case
+                for name, full, part in zip("qkv", (q, k, v), local):
+                    assert rel_error(gather_sequence(part.grad, group), full.grad) < 1e-6, name + case
+
+
+def test_ulysses_vmoba_attention_equals_one_process():
+    run_gloo(_attention_worker, 2)
+
+
+def _collectives_worker(rank, world_size):
+    group = dist.group.WORLD
+    x = torch.randn(2, 6, 4, 3, generator=torch.Generator().manual_seed(0))  # [B, S, H, D]
+    local = shard_sequence(x, group)
+    heads = sequence_to_heads(local, group)
+    assert torch.equal(heads, x[:, :, 2 * rank : 2 * rank + 2])  # rank r: heads [2r, 2r + 2)
+    assert torch.equal(heads_to_sequence(heads, group), local)
+    assert torch.equal(gather_sequence(local, group), x)
+    with pytest.raises(ValueError, match=r"number of attention heads \(3\) must be divisible"):
+        sequence_to_heads(local[:, :, :3], group)
+    with pytest.raises(ValueError, match=r"number of tokens \(5\) must be divisible"):
+        shard_sequence(x[:, :5], group)
+
+
+def test_all_to_all_moves_token_chunks_to_head_chunks():
+    run_gloo(_collectives_worker, 2)
+
+
+SETTINGS = VMoBASettings(block_1d=1, block_2d=[4, 4], block_3d=[2, 4, 4])  # 4, 4, 8 blocks
+
+
+def _dit_inputs(batch):
+    gen = torch.Generator().manual_seed(1)
+    video = torch.randn(batch, 3, 4, 16, 16, generator=gen)  # grid 4 x 8 x 8 = 256 tokens
+    timestep = torch.tensor([150.0, 800.0])[:batch]
+    text = torch.randn(batch, 12, 64, generator=gen)
+    return video, timestep, text, torch.randn(video.shape, generator=gen)
+
+
+def _loss_and_grads(dit, video, timestep, text, target):
+    loss = F.mse_loss(dit(video, timestep, text), target)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in dit.named_parameters() if p.grad is not None}
+
+
+def _dit_worker(rank, world_size, sequence_parallel):
+    """Groups of ``sequence_parallel`` consecutive ranks; group g trains on sample g under DDP
+    over all ranks. Rank 0 compares with one process training on every group's sample."""
+    torch.manual_seed(0)
+    dit = VideoDiT(load_transformer(), SETTINGS)
+    reference = copy.deepcopy(dit)
+    group, _ = dist.new_subgroups(sequence_parallel)
+    dit.enable_sequence_parallel(group)
+    replica = slice(rank // sequence_parallel, rank // sequence_parallel + 1)
+    inputs = [x[replica] for x in _dit_inputs(world_size // sequence_parallel)]
+    ddp = DistributedDataParallel(dit)  # kept alive: its reducer averages in backward
+    loss = F.mse_loss(ddp(*inputs[:3]), inputs[3])
+    loss.backward()
+    grads = {n: p.grad for n, p in dit.named_parameters() if p.grad is not None}
+    # every replica's loss; the ranks of a group computed the same one
+    losses = [torch.empty_like(loss) for _ in range(world_size)]
+    dist.all_gather(losses, loss)
+    assert all(torch.equal(x, losses[rank]) for x in losses[rank - rank % sequence_parallel :][:sequence_parallel])
+    if rank == 0:
+        expected_loss, expected = _loss_and_grads(reference, *_dit_inputs(world_size // sequence_parallel))
+        assert rel_error(torch.stack(losses[::sequence_parallel]).mean(), expected_loss) < 1e-6
+        assert grads.keys() == expected.keys()
+        errors = {name: rel_error(grads[name], expected[name]) for name in expected}
+        assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+
+
+@pytest.mark.parametrize("world_size,sequence_parallel", [(2, 2), (4, 2)], ids=["sp2", "sp2xdp2"])
+def test_ulysses_dit_loss_and_gradients_equal_one_process(world_size, sequence_parallel):
+    run_gloo(_dit_worker, world_size, sequence_parallel)
+
+
+def _refusals_worker(rank, world_size):
+    group = dist.group.WORLD
+    for scope in ("overall", "block"):
+        dit = VideoDiT(load_transformer(), VMoBASettings(scope=scope))
+        with pytest.raises(ValueError, match=re.escape(f"pools gates across heads), got '{scope}'")):
+            dit.enable_sequence_parallel(group)
+    with pytest.raises(ValueError, match="needs attention='vmoba'"):
+        VideoDiT(load_transformer(), VMoBASettings(attention="full")).enable_sequence_parallel(group)
+    three_heads = load_transformer({**TINY_WAN, "num_attention_heads": 3})
+    with pytest.raises(ValueError, match=r"num_attention_heads \(3\) must be divisible"):
+        VideoDiT(three_heads, VMoBASettings()).enable_sequence_parallel(group)
+    dit = VideoDiT(load_transformer(), VMoBASettings())
+    dit.enable_sequence_parallel(group)
+    dit.enable_sequence_parallel(group)  # again with the same group: nothing changes
+    assert (dit.sequence_size, dit.sequence_rank) == (2, rank)
+    video, timestep, text, _ = _dit_inputs(1)
+    with pytest.raises(ValueError, match=r"number of tokens \(9\) must be divisible"):
+        dit(video[:, :, :3, :2, :6], timestep, text)  # grid 3 x 1 x 3
+
+
+def test_sequence_parallelism_refuses_what_it_cannot_split_exactly():
+    run_gloo(_refusals_worker, 2)
