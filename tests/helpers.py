@@ -40,6 +40,31 @@ def _gloo_worker(rank: int, world_size: int, port: int, fn, args: tuple) -> None
         dist.destroy_process_group()
 
 
+def _start_forkserver(module: str) -> None:
+    """Start multiprocessing's fork server with ``module`` imported, once per test session, so
+    every gloo process starts in milliseconds instead of importing torch and diffusers again.
+
+    The server is a fresh interpreter that (on Python 3.11) ignores our ``sys.path``, where
+    pytest put ``tests/``: it gets it through ``PYTHONPATH`` while it starts.
+    """
+    import multiprocessing.forkserver
+    import os
+    import sys
+
+    import torch.multiprocessing as mp
+
+    mp.set_forkserver_preload([module])
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 def run_gloo(fn, world_size: int, *args, timeout: float = 120.0) -> None:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes of one gloo group.
 
@@ -54,9 +79,7 @@ def run_gloo(fn, world_size: int, *args, timeout: float = 120.0) -> None:
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is unavailable")
-    # Fork from a server that imported fn's module once: each call then starts in milliseconds
-    # instead of importing torch and diffusers in every process.
-    mp.set_forkserver_preload([fn.__module__])
+    _start_forkserver(fn.__module__)
     context = mp.start_processes(
         _gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=False,
         start_method="forkserver",

@@ -1,6 +1,7 @@
 """The training entry point: CLI fit end to end, resume, bad data, configs, flow matching."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import decord
 import pytest
 import torch
+from helpers import free_port
 from lightning.pytorch.callbacks import Callback
 
 from data.synthetic import ensure_synthetic_dataset
@@ -106,6 +108,45 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
         args=["predict", *_args(run_dir, synthetic_root), ckpt, "--trainer.limit_predict_batches=1"]
     )
     assert len(list((run_dir / "predictions").glob("*.mp4"))) == predicted.datamodule.batch_size
+
+
+@pytest.mark.parametrize(
+    "strategy,samples",
+    [(["--trainer.strategy=ddp"], 0),
+     (["--trainer.strategy=vmoba.parallel.strategy.UlyssesStrategy",
+       "--trainer.strategy.sequence_parallel=2"], 1)],
+    ids=["ddp", "ulysses"],
+)
+def test_two_process_cli_fit(tmp_path, synthetic_root, strategy, samples):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is unavailable")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "main.py", "fit", *_args(run_dir, synthetic_root), *strategy,
+           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=2",
+           "--trainer.val_check_interval=2", f"--model.num_samples={samples}"]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=240)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and metrics["val_loss_end"] > 0
+    assert all(0 < d < 1 for d in metrics["density"].values())
+    assert len(list((run_dir / "samples").glob("*.mp4"))) == samples  # the group's rank 0 wrote
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ulysses_strategy_gives_each_group_its_share_of_the_data():
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    from vmoba.parallel.strategy import UlyssesStrategy
+
+    environment = LightningEnvironment()
+    environment.set_world_size(8)
+    environment.set_global_rank(5)
+    strategy = UlyssesStrategy(sequence_parallel=2, cluster_environment=environment)
+    assert strategy.distributed_sampler_kwargs == {"num_replicas": 4, "rank": 2}
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="sequence_parallel must be an int >= 1"):
+            UlyssesStrategy(sequence_parallel=bad)
 
 
 def test_checkpoints_are_replaced_atomically(tmp_path):

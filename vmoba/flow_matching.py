@@ -203,7 +203,7 @@ class VMoBAFlowMatching(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.evaluation_loss(batch, batch_idx)
         self.val_losses.append(loss.detach())
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
         if batch_idx == 0:
             self._sample_captions = batch["caption"][: self.hparams.num_samples]
             self._sample_shape = tuple(batch["video"].shape[1:])
@@ -218,7 +218,7 @@ class VMoBAFlowMatching(L.LightningModule):
         """Validation's loss (same seeded noise) as ``test/loss``; then one video sampled per
         caption into ``<run dir>/test_samples/`` and scored by ``test_metrics``."""
         loss = self.evaluation_loss(batch, batch_idx)
-        self.log("test/loss", loss, batch_size=batch["video"].shape[0])
+        self.log("test/loss", loss, batch_size=batch["video"].shape[0], sync_dist=True)
         if self._test_metrics.ready:
             paths = self._sample_batch(batch, batch_idx, "test_samples")
             if self.dit.sequence_rank == 0:  # the rank that wrote them
@@ -238,16 +238,18 @@ class VMoBAFlowMatching(L.LightningModule):
         return self.save_samples(self.run_dir / folder, f"batch{batch_idx:04d}", batch["caption"], shape)
 
     def on_validation_epoch_end(self) -> None:
-        mean = torch.stack(self.val_losses).mean().item()
+        mean = self.trainer.strategy.reduce(torch.stack(self.val_losses).mean(), reduce_op="mean")
+        mean = mean.item()  # over all ranks
         self.val_losses.clear()
         if self.trainer.sanity_checking:
             self.val_loss_start = mean  # before any training step: the baseline for metrics.json
             return
         self.val_loss_end = mean
+        run_dir = self.run_dir  # a collective under DDP: every rank asks
         # Rank 0 samples; with sequence parallelism, the rest of its group takes part.
         if self.hparams.num_samples > 0 and self.trainer.global_rank < self.dit.sequence_size:
             self.save_samples(
-                self.run_dir / "samples",
+                run_dir / "samples",
                 f"step{self.global_step:06d}",
                 self._sample_captions,
                 self._sample_shape,
@@ -282,10 +284,12 @@ class VMoBAFlowMatching(L.LightningModule):
 
     @property
     def run_dir(self) -> Path:
-        """The run directory: the trainer's log dir (config, logs, checkpoints, samples)."""
+        """The run directory: the trainer's log dir (config, logs, checkpoints, samples). Under DDP
+        every rank must ask (the trainer broadcasts rank 0's)."""
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def on_fit_end(self) -> None:
+        run_dir = self.run_dir  # a collective under DDP: every rank asks
         if not self.trainer.is_global_zero:
             return
         metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
@@ -305,7 +309,7 @@ class VMoBAFlowMatching(L.LightningModule):
             tokens_per_s=metrics.get("train/tokens_per_s"),
             skipped_videos=self._skipped_videos(),
         )
-        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     def _skipped_videos(self) -> dict[str, int]:
         """Unreadable or too-short videos each split skipped (main process only)."""
