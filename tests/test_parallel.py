@@ -2,6 +2,7 @@
 backward: the attention alone, and the whole tiny DiT under DDP."""
 
 import copy
+import functools
 import re
 
 import pytest
@@ -33,18 +34,19 @@ def _attention_worker(rank, world_size):
         tokens = grid[0] * grid[1] * grid[2]
         for kind, block in BLOCKS.items():
             for mode in MODES:
+                case = f"grid {grid}, {kind}, {mode}"
+                attend = functools.partial(vmoba_attention, grid=grid, block=block, **mode)
                 q, k, v = random_qkv(2, tokens, 4, 8, seed=tokens)
-                attend = lambda q, k, v: vmoba_attention(q, k, v, grid=grid, block=block, **mode)
                 expected = attend(q, k, v)
                 grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
                 expected.backward(grad_out)
                 local = [shard_sequence(x.detach(), group).requires_grad_() for x in (q, k, v)]
                 out = ulysses_attention(*local, attend, group)
                 out.backward(shard_sequence(grad_out, group))
-                case = f"grid {grid}, {kind}, {mode}"
                 assert rel_error(gather_sequence(out, group), expected) < 1e-6, case
                 for name, full, part in zip("qkv", (q, k, v), local):
-                    assert rel_error(gather_sequence(part.grad, group), full.grad) < 1e-6, name + case
+                    error = rel_error(gather_sequence(part.grad, group), full.grad)
+                    assert error < 1e-6, f"d{name}, {case}"
 
 
 def test_ulysses_vmoba_attention_equals_one_process():
@@ -94,19 +96,20 @@ def _dit_worker(rank, world_size, sequence_parallel):
     reference = copy.deepcopy(dit)
     group, _ = dist.new_subgroups(sequence_parallel)
     dit.enable_sequence_parallel(group)
-    replica = slice(rank // sequence_parallel, rank // sequence_parallel + 1)
-    inputs = [x[replica] for x in _dit_inputs(world_size // sequence_parallel)]
+    replicas = world_size // sequence_parallel
+    mine = slice(rank // sequence_parallel, rank // sequence_parallel + 1)
+    video, timestep, text, target = (x[mine] for x in _dit_inputs(replicas))
     ddp = DistributedDataParallel(dit)  # kept alive: its reducer averages in backward
-    loss = F.mse_loss(ddp(*inputs[:3]), inputs[3])
+    loss = F.mse_loss(ddp(video, timestep, text), target)
     loss.backward()
     grads = {n: p.grad for n, p in dit.named_parameters() if p.grad is not None}
-    # every replica's loss; the ranks of a group computed the same one
-    losses = [torch.empty_like(loss) for _ in range(world_size)]
-    dist.all_gather(losses, loss)
-    assert all(torch.equal(x, losses[rank]) for x in losses[rank - rank % sequence_parallel :][:sequence_parallel])
+    losses = torch.stack([torch.empty_like(loss) for _ in range(world_size)])
+    dist.all_gather(list(losses.unbind()), loss.detach())
+    per_group = losses.view(replicas, sequence_parallel)
+    assert (per_group == per_group[:, :1]).all()  # a group's ranks computed the same loss
     if rank == 0:
-        expected_loss, expected = _loss_and_grads(reference, *_dit_inputs(world_size // sequence_parallel))
-        assert rel_error(torch.stack(losses[::sequence_parallel]).mean(), expected_loss) < 1e-6
+        expected_loss, expected = _loss_and_grads(reference, *_dit_inputs(replicas))
+        assert rel_error(per_group[:, 0].mean(), expected_loss) < 1e-6
         assert grads.keys() == expected.keys()
         errors = {name: rel_error(grads[name], expected[name]) for name in expected}
         assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
@@ -121,10 +124,12 @@ def _refusals_worker(rank, world_size):
     group = dist.group.WORLD
     for scope in ("overall", "block"):
         dit = VideoDiT(load_transformer(), VMoBASettings(scope=scope))
-        with pytest.raises(ValueError, match=re.escape(f"pools gates across heads), got '{scope}'")):
+        expected = re.escape(f"pools gates across heads), got '{scope}'")
+        with pytest.raises(ValueError, match=expected):
             dit.enable_sequence_parallel(group)
+    full = VideoDiT(load_transformer(), VMoBASettings(attention="full"))
     with pytest.raises(ValueError, match="needs attention='vmoba'"):
-        VideoDiT(load_transformer(), VMoBASettings(attention="full")).enable_sequence_parallel(group)
+        full.enable_sequence_parallel(group)
     three_heads = load_transformer({**TINY_WAN, "num_attention_heads": 3})
     with pytest.raises(ValueError, match=r"num_attention_heads \(3\) must be divisible"):
         VideoDiT(three_heads, VMoBASettings()).enable_sequence_parallel(group)

@@ -24,6 +24,7 @@ from vmoba.sampling import sample_videos
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "tests" / "configs" / "tiny.yaml")
+MULTIGPU = REPO / "configs" / "multigpu"
 
 
 @pytest.fixture(scope="module")
@@ -110,20 +111,16 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     assert len(list((run_dir / "predictions").glob("*.mp4"))) == predicted.datamodule.batch_size
 
 
-@pytest.mark.parametrize(
-    "strategy,samples",
-    [(["--trainer.strategy=ddp"], 0),
-     (["--trainer.strategy=vmoba.parallel.strategy.UlyssesStrategy",
-       "--trainer.strategy.sequence_parallel=2"], 1)],
-    ids=["ddp", "ulysses"],
-)
+@pytest.mark.parametrize("strategy,samples", [("ddp", 0), ("ulysses", 1)])
 def test_two_process_cli_fit(tmp_path, synthetic_root, strategy, samples):
+    """configs/multigpu/<strategy>.yaml on 2 CPU processes (gloo) instead of every GPU."""
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is unavailable")
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "main.py", "fit", *_args(run_dir, synthetic_root), *strategy,
-           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=2",
-           "--trainer.val_check_interval=2", f"--model.num_samples={samples}"]
+    cmd = [sys.executable, "main.py", "fit", *_args(run_dir, synthetic_root),
+           f"--config={MULTIGPU / strategy}.yaml", "--trainer.accelerator=cpu",
+           "--trainer.devices=2", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+           f"--model.num_samples={samples}"]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=240)
@@ -267,6 +264,30 @@ def test_every_config_parses(config):
         expected = "full" if config.stem.endswith("_full") else "vmoba"
         assert (attention.attention, attention.select, attention.scope, attention.threshold) == (
             expected, "threshold", "head_global", 0.25)
+
+
+@pytest.mark.parametrize("snippet", sorted(MULTIGPU.glob("*.yaml")), ids=lambda p: p.name)
+def test_multigpu_configs_layer_on_a_paper_setting(snippet):
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    setting = REPO / "configs" / "wan2.1_1.3b_93x576x1024_vmoba.yaml"
+    cfg = ParseOnly(args=[f"--config={setting}", f"--config={snippet}"], run=False).config
+    strategy = cfg.trainer.strategy
+    assert cfg.trainer.devices == -1 and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.data.num_frames == 93 and cfg.model.attention.block_2d == [6, 8]  # setting kept
+    classes = {"ddp": "lightning.pytorch.strategies.DDPStrategy",
+               "fsdp": "lightning.pytorch.strategies.FSDPStrategy",
+               "ulysses": "vmoba.parallel.strategy.UlyssesStrategy"}
+    assert strategy.class_path == classes[snippet.stem]
+    if snippet.stem == "fsdp":  # one FSDP unit and one checkpointed region per block
+        assert strategy.init_args.auto_wrap_policy == {WanTransformerBlock}
+        assert strategy.init_args.activation_checkpointing_policy == {WanTransformerBlock}
+        assert cfg.model.gradient_checkpointing is False  # not twice
+    else:
+        assert strategy.init_args.gradient_as_bucket_view and cfg.model.gradient_checkpointing
+    if snippet.stem == "ulysses":  # Wan 1.3B: 12 heads; 24 x 36 x 64 latent tokens
+        assert 12 % strategy.init_args.sequence_parallel == 0
+        assert (24 * 36 * 64) % strategy.init_args.sequence_parallel == 0
 
 
 def test_shifted_timesteps():

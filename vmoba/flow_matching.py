@@ -203,7 +203,8 @@ class VMoBAFlowMatching(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.evaluation_loss(batch, batch_idx)
         self.val_losses.append(loss.detach())
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
+        batch_size = batch["video"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         if batch_idx == 0:
             self._sample_captions = batch["caption"][: self.hparams.num_samples]
             self._sample_shape = tuple(batch["video"].shape[1:])

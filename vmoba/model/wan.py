@@ -68,12 +68,13 @@ class VideoDiT(torch.nn.Module):
     def enable_sequence_parallel(self, group: ProcessGroup) -> None:
         """Split every video's tokens over the ranks of ``group`` (Ulysses sequence parallelism).
 
-        Enabling it again with the same group does nothing. Every rank of ``group`` must call :meth:`forward` with the same inputs. The RoPE tables
-        and the first block's input are split by token, each VMoBA layer attends through
+        Every rank of ``group`` must then call :meth:`forward` with the same inputs. The RoPE
+        tables and the first block's input are split by token, each VMoBA layer attends through
         :func:`vmoba.parallel.ulysses.ulysses_attention`, and ``proj_out``'s output is gathered:
-        patchify and unpatchify see whole videos, the output is the whole velocity on every rank.
-        This is diffusers' ``WanTransformer3DModel._cp_plan``; its ``enable_parallelism`` is not
-        used because it needs a CUDA device mesh and routes attention through diffusers' backends.
+        patchify and unpatchify see whole videos, and every rank gets the whole velocity. This
+        is diffusers' ``WanTransformer3DModel._cp_plan``; its ``enable_parallelism`` is not used
+        because it needs a CUDA device mesh and routes attention through diffusers' backends.
+        Enabling it again with the same group does nothing.
         """
         if self.sequence_group is group:
             return  # a second trainer call (fit, then validate) on the same model

@@ -73,7 +73,8 @@ class _GatherSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        # Reduce-scatter as an all-to-all and a local sum: gloo has no reduce_scatter_tensor.
+        # Reduce-scatter as an all-to-all and a local sum: the same traffic, through the one
+        # collective that gloo, NCCL and every torch version here name alike.
         chunks = _all_to_all(grad, ctx.group, ctx.dim, 0)  # [N * ..., ...] from every rank
         summed = chunks.unflatten(0, (dist.get_world_size(ctx.group), -1)).sum(0)
         return summed, None, None
@@ -82,9 +83,7 @@ class _GatherSequence(torch.autograd.Function):
 def _check_divisible(size: int, group: ProcessGroup, what: str) -> None:
     n = dist.get_world_size(group)
     if size % n:
-        raise ValueError(
-            f"{what} ({size}) must be divisible by the sequence-parallel size ({n})"
-        )
+        raise ValueError(f"{what} ({size}) must be divisible by the sequence-parallel size ({n})")
 
 
 def shard_sequence(x: torch.Tensor, group: ProcessGroup, dim: int = 1) -> torch.Tensor:
@@ -104,7 +103,8 @@ def gather_sequence(x: torch.Tensor, group: ProcessGroup, dim: int = 1) -> torch
 
 
 def sequence_to_heads(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """``[B, S/N, H, ...]`` -> ``[B, S, H/N, ...]``: rank ``r`` gets heads ``[r H/N, (r+1) H/N)``."""
+    """``[B, S/N, H, ...]`` -> ``[B, S, H/N, ...]``; rank ``r`` gets heads ``[r H/N, (r + 1) H/N)``
+    of every token."""
     _check_divisible(x.shape[2], group, "the number of attention heads")
     return _AllToAll.apply(x, group, 2, 1)
 
