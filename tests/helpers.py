@@ -27,12 +27,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _gloo_worker(rank: int, world_size: int, port: int, fn, args: tuple) -> None:
+def _worker(rank: int, world_size: int, backend: str, port: int, fn, args: tuple) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # the processes share the CI machine's cores
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
     try:
         fn(rank, world_size, *args)
@@ -65,8 +67,9 @@ def _start_forkserver(module: str) -> None:
             os.environ["PYTHONPATH"] = saved
 
 
-def run_gloo(fn, world_size: int, *args, timeout: float = 120.0) -> None:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes of one gloo group.
+def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 120.0):
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes of one process group
+    (``"nccl"``: rank ``r`` on GPU ``r``).
 
     ``fn`` must be importable (a module-level function); an exception in any process fails the
     caller with that process's traceback, and a hang is killed after ``timeout`` seconds.
@@ -77,11 +80,14 @@ def run_gloo(fn, world_size: int, *args, timeout: float = 120.0) -> None:
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is unavailable")
+    if not dist.is_available() or not dist.is_backend_available(backend):
+        pytest.skip(f"torch.distributed with the {backend} backend is unavailable")
     _start_forkserver(fn.__module__)
     context = mp.start_processes(
-        _gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=False,
+        _worker,
+        args=(world_size, backend, free_port(), fn, args),
+        nprocs=world_size,
+        join=False,
         start_method="forkserver",
     )
     deadline = time.monotonic() + timeout
@@ -89,4 +95,4 @@ def run_gloo(fn, world_size: int, *args, timeout: float = 120.0) -> None:
         if time.monotonic() >= deadline:
             for process in context.processes:
                 process.kill()
-            raise TimeoutError(f"{world_size} gloo processes still running after {timeout} s")
+            raise TimeoutError(f"{world_size} {backend} processes still running after {timeout} s")

@@ -1,5 +1,6 @@
 """Ulysses sequence parallelism on 2 (and 4) gloo processes equals one process, forward and
-backward: the attention alone, and the whole tiny DiT under DDP."""
+backward: the attention alone, and the whole tiny DiT under DDP. One GPU test (2 GPUs, NCCL):
+the CUDA backends under Ulysses, within the error of one GPU's bf16 result."""
 
 import copy
 import functools
@@ -9,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from helpers import random_qkv, rel_error, run_gloo
+from helpers import random_qkv, rel_error, run_distributed
 from torch.nn.parallel import DistributedDataParallel
 
-from vmoba.attention import vmoba_attention
+from vmoba.attention import SelectionConfig, reference_attention, vmoba_attention, vmoba_selection
 from vmoba.model import TINY_WAN, VideoDiT, VMoBASettings, load_transformer
 from vmoba.parallel.ulysses import (
     gather_sequence,
@@ -24,8 +25,10 @@ from vmoba.parallel.ulysses import (
 
 GRIDS = [(6, 4, 4), (5, 4, 6)]  # even and ragged blocks; 96 and 120 tokens
 BLOCKS = {"1d": 2, "2d": (3, 3), "3d": (2, 3, 2)}
-MODES = [dict(select="threshold", scope="head_global", threshold=0.25),
-         dict(select="topk", scope="query_head", topk=2)]
+MODES = [
+    dict(select="threshold", scope="head_global", threshold=0.25),
+    dict(select="topk", scope="query_head", topk=2),
+]
 
 
 def _attention_worker(rank, world_size):
@@ -50,7 +53,7 @@ def _attention_worker(rank, world_size):
 
 
 def test_ulysses_vmoba_attention_equals_one_process():
-    run_gloo(_attention_worker, 2)
+    run_distributed(_attention_worker, 2)
 
 
 def _collectives_worker(rank, world_size):
@@ -68,7 +71,7 @@ def _collectives_worker(rank, world_size):
 
 
 def test_all_to_all_moves_token_chunks_to_head_chunks():
-    run_gloo(_collectives_worker, 2)
+    run_distributed(_collectives_worker, 2)
 
 
 SETTINGS = VMoBASettings(block_1d=1, block_2d=[4, 4], block_3d=[2, 4, 4])  # 4, 4, 8 blocks
@@ -117,7 +120,7 @@ def _dit_worker(rank, world_size, sequence_parallel):
 
 @pytest.mark.parametrize("world_size,sequence_parallel", [(2, 2), (4, 2)], ids=["sp2", "sp2xdp2"])
 def test_ulysses_dit_loss_and_gradients_equal_one_process(world_size, sequence_parallel):
-    run_gloo(_dit_worker, world_size, sequence_parallel)
+    run_distributed(_dit_worker, world_size, sequence_parallel)
 
 
 def _refusals_worker(rank, world_size):
@@ -143,4 +146,43 @@ def _refusals_worker(rank, world_size):
 
 
 def test_sequence_parallelism_refuses_what_it_cannot_split_exactly():
-    run_gloo(_refusals_worker, 2)
+    run_distributed(_refusals_worker, 2)
+
+
+def _forward_backward(attend, inputs, grad_out):
+    """``[out, dq, dk, dv]`` of ``attend(*inputs)`` for the upstream gradient ``grad_out``."""
+    inputs = [x.detach().requires_grad_() for x in inputs]
+    out = attend(*inputs)
+    out.backward(grad_out.to(out.dtype))
+    return [out, *(x.grad for x in inputs)]
+
+
+def _gpu_attention_worker(rank, world_size):
+    """bf16 on the GPU: Ulysses' output and gradients are as close to the float64 reference (of
+    one GPU's selection) as one GPU's are: within twice its error plus a floor."""
+    group, device = dist.group.WORLD, torch.device("cuda", rank)
+    grid, block = (4, 24, 32), (6, 8)  # 3,072 tokens, 16 blocks
+    mode = dict(select="threshold", scope="head_global", threshold=0.25)
+    attend = functools.partial(vmoba_attention, grid=grid, block=block, **mode)
+    qkv = [x.detach().to(device, torch.bfloat16) for x in random_qkv(1, 3072, 12, 128)]
+    grad_out = torch.randn(qkv[0].shape, generator=torch.Generator().manual_seed(1)).to(device)
+    partition, keep = vmoba_selection(
+        *qkv[:2], grid=grid, block=block, config=SelectionConfig(**mode)
+    )
+    masked = functools.partial(reference_attention, keep=keep, partition=partition)
+    reference = _forward_backward(masked, [x.double() for x in qkv], grad_out)
+    single = _forward_backward(attend, qkv, grad_out)
+    local = _forward_backward(
+        functools.partial(ulysses_attention, attend=attend, group=group),
+        [shard_sequence(x, group) for x in qkv],
+        shard_sequence(grad_out, group),
+    )
+    for name, expected, one, part in zip(["out", "dq", "dk", "dv"], reference, single, local):
+        bound = 2 * rel_error(one, expected) + 1e-3
+        assert rel_error(gather_sequence(part, group), expected) <= bound, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_ulysses_cuda_backends_on_two_gpus():
+    run_distributed(_gpu_attention_worker, 2, backend="nccl")
