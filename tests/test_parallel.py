@@ -91,7 +91,7 @@ def _loss_and_grads(dit, video, timestep, text, target):
     return loss.detach(), {n: p.grad for n, p in dit.named_parameters() if p.grad is not None}
 
 
-def _dit_worker(rank, world_size, sequence_parallel):
+def _dit_worker(rank, world_size, sequence_parallel, checkpointing):
     """Groups of ``sequence_parallel`` consecutive ranks; group g trains on sample g under DDP
     over all ranks. Rank 0 compares with one process training on every group's sample."""
     torch.manual_seed(0)
@@ -99,6 +99,8 @@ def _dit_worker(rank, world_size, sequence_parallel):
     reference = copy.deepcopy(dit)
     group, _ = dist.new_subgroups(sequence_parallel)
     dit.enable_sequence_parallel(group)
+    if checkpointing:  # the backward recomputes each block, all-to-alls and token split included
+        dit.transformer.enable_gradient_checkpointing()
     replicas = world_size // sequence_parallel
     mine = slice(rank // sequence_parallel, rank // sequence_parallel + 1)
     video, timestep, text, target = (x[mine] for x in _dit_inputs(replicas))
@@ -118,9 +120,15 @@ def _dit_worker(rank, world_size, sequence_parallel):
         assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
-@pytest.mark.parametrize("world_size,sequence_parallel", [(2, 2), (4, 2)], ids=["sp2", "sp2xdp2"])
-def test_ulysses_dit_loss_and_gradients_equal_one_process(world_size, sequence_parallel):
-    run_distributed(_dit_worker, world_size, sequence_parallel)
+@pytest.mark.parametrize(
+    "world_size,sequence_parallel,checkpointing",
+    [(2, 2, False), (4, 2, True)],
+    ids=["sp2", "sp2xdp2-checkpointing"],
+)
+def test_ulysses_dit_loss_and_gradients_equal_one_process(
+    world_size, sequence_parallel, checkpointing
+):
+    run_distributed(_dit_worker, world_size, sequence_parallel, checkpointing)
 
 
 def _refusals_worker(rank, world_size):

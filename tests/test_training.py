@@ -131,11 +131,13 @@ def test_two_process_cli_fit(tmp_path, synthetic_root, strategy, samples):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_ulysses_strategy_gives_each_group_its_share_of_the_data():
+def test_ulysses_strategy_gives_each_group_its_share_of_the_data(monkeypatch):
     from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vmoba.parallel.strategy import UlyssesStrategy
 
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # set_global_rank sets it
     environment = LightningEnvironment()
     environment.set_world_size(8)
     environment.set_global_rank(5)
