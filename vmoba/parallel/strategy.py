@@ -13,7 +13,7 @@ from vmoba.model.wan import VideoDiT
 
 
 class UlyssesStrategy(DDPStrategy):
-    """DDP whose ranks form groups of ``sequence_parallel`` that each train on one video at a time.
+    """DDP whose ranks form groups of ``sequence_parallel`` that share every video they train on.
 
     With world size ``W = N x D`` (``N = sequence_parallel``), ranks ``[g N, (g + 1) N)`` form
     sequence-parallel group ``g``: they read the same batches (the DataLoaders' DistributedSampler
@@ -32,12 +32,9 @@ class UlyssesStrategy(DDPStrategy):
             ``timeout``, ``find_unused_parameters``, ...).
     """
 
-    strategy_name = "ulysses"
-
     def __init__(self, sequence_parallel: int = 2, **kwargs: Any) -> None:
-        if isinstance(sequence_parallel, bool) or not isinstance(sequence_parallel, int):
-            raise ValueError(f"sequence_parallel must be an int >= 1, got {sequence_parallel!r}")
-        if sequence_parallel < 1:
+        is_int = isinstance(sequence_parallel, int) and not isinstance(sequence_parallel, bool)
+        if not is_int or sequence_parallel < 1:
             raise ValueError(f"sequence_parallel must be an int >= 1, got {sequence_parallel!r}")
         super().__init__(**kwargs)
         self.sequence_parallel = sequence_parallel
