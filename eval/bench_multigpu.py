@@ -254,26 +254,32 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="the 3-layer test model, tiny videos")
     parser.add_argument("--gpus", type=int, default=2, help="processes of the parallel runs")
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument(
+        "--strategies",
+        nargs="*",
+        choices=STRATEGIES,
+        default=list(STRATEGIES),
+        help="of the main sweep (none: only the long videos)",
+    )
     parser.add_argument("--frames", type=int, help="latent frames (default 24: 55,296 tokens)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
     parser.add_argument(
         "--long-frames",
         type=int,
         nargs="*",
-        help="latent frames of the does-it-fit runs (default 96: 221,184 tokens)",
+        help="latent frames of the does-it-fit runs (default 96: 221,184 tokens; none: skip)",
     )
     parser.add_argument("--long-steps", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per run")
     args = parser.parse_args(argv)
 
     os.environ.update(NO_NVLINK_MULTICAST)  # before any process group exists
     if args.tiny:
-        model = Model(TINY_WAN, TINY, text_tokens=12)
-        frames, long_frames = args.frames or 4, args.long_frames or [16]
+        model, frames, long_frames = Model(TINY_WAN, TINY, text_tokens=12), 4, [16]
     else:
-        model = Model(WAN_1_3B, SETTINGS[0], text_tokens=512)
-        frames, long_frames = args.frames or 24, args.long_frames or [96]
+        model, frames, long_frames = Model(WAN_1_3B, SETTINGS[0], text_tokens=512), 24, [96]
+    frames = args.frames or frames
+    long_frames = long_frames if args.long_frames is None else args.long_frames
     name = args.name or (f"multigpu_tiny_{args.device}" if args.tiny else "multigpu_h200x2")
     runs = [Run(s, 1 if s == "single" else args.gpus, frames, args.steps) for s in args.strategies]
     runs += [
@@ -286,19 +292,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         device=device_name(args.device),
         torch=torch.__version__,
     )
-    records = []
-    for run in runs:
-        records.append({**launch(run, model, args.device, args.timeout), **common})
-        print(json.dumps(records[-1]), flush=True)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
-    table = markdown(records)
-    (args.out_dir / f"{name}.md").write_text(
+    title = (
         f"# Wan 2.1 {'tiny test model' if args.tiny else '1.3B'} training throughput: one GPU "
         f"vs {args.gpus} (DDP, FSDP, Ulysses)\n\nCommand: `python -m eval.bench_multigpu "
-        f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{table}"
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
     )
-    print(table)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for run in runs:  # the files are rewritten after every run: a killed sweep keeps its results
+        records.append({**launch(run, model, args.device, args.timeout), **common})
+        print(json.dumps(records[-1]), flush=True)
+        (args.out_dir / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
+        (args.out_dir / f"{name}.md").write_text(title + markdown(records))
+    print(markdown(records))
 
 
 if __name__ == "__main__":
