@@ -11,13 +11,16 @@ density, date, device) and ``train_step_h200.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -51,30 +54,67 @@ SETTINGS = [
 ]
 
 
+def build_dit(config: dict, settings: VMoBASettings, device: torch.device) -> VideoDiT:
+    """A randomly initialised ``VideoDiT`` (seed 0) built on ``device``, gradient checkpointing
+    of every block on."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        dit = VideoDiT(load_transformer(config), settings)
+    dit.transformer.enable_gradient_checkpointing()
+    return dit
+
+
+def random_inputs(
+    config: dict, latent: tuple[int, int, int], device: torch.device, *, text_tokens: int = 512,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-1 latents ``[1, C, T, H, W]``, timestep ``[1]`` and text ``[1, text_tokens, text_dim]``."""
+    gen = torch.Generator(device).manual_seed(seed)
+    latents = torch.randn(1, config["in_channels"], *latent, generator=gen, device=device)
+    text = torch.randn(1, text_tokens, config["text_dim"], generator=gen, device=device)
+    return latents, torch.tensor([500.0], device=device), text
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: tuple[torch.Tensor, ...]
+) -> None:
+    """One AdamW step on the mean squared output; bf16 autocast (as Lightning's bf16-mixed) on
+    CUDA, float32 on the CPU."""
+    cuda = inputs[0].is_cuda
+    kernels = (
+        sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
+        if cuda
+        else contextlib.nullcontext()
+    )
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda), kernels:
+        loss = model(*inputs).float().square().mean()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def step_seconds(step: Callable[[], None], steps: int, device: torch.device) -> list[float]:
+    """Wall seconds of each of ``steps`` calls of ``step`` (the GPU synchronised around each)."""
+    seconds = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def measure(setting: Setting, attention: str, steps: int) -> dict:
     """Median seconds of ``steps`` optimizer steps (after one warm-up step) and peak memory."""
-    torch.manual_seed(0)
-    settings = dataclasses.replace(setting.settings, attention=attention)
-    dit = VideoDiT(load_transformer(WAN_1_3B), settings).cuda()
-    dit.transformer.enable_gradient_checkpointing()
+    device = torch.device("cuda")
+    dit = build_dit(WAN_1_3B, dataclasses.replace(setting.settings, attention=attention), device)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=1e-5)
-    latents = torch.randn(1, 16, *setting.latent, device="cuda")
-    text = torch.randn(1, 512, 4096, device="cuda")
-    timestep = torch.tensor([500.0], device="cuda")
-    seconds = []
+    inputs = random_inputs(WAN_1_3B, setting.latent, device)
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(steps + 1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(
-            [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
-        ):
-            loss = dit(latents, timestep, text).float().square().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
+    seconds = step_seconds(functools.partial(train_step, dit, optimizer, inputs), steps + 1, device)
     densities = {k: round(v.item(), 4) for k, v in dit.densities().items()}
     record = dict(
         tokens=setting.tokens, setting=setting.name, attention=attention,

@@ -65,3 +65,83 @@ class AttentionLayer(torch.nn.Module):
 
     def forward(self, q, k, v):
         return vmoba_attention(q, k, v, **self.kwargs)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, backend: str, port: int, fn, args: tuple) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # the processes share the CI machine's cores
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _start_forkserver(module: str) -> None:
+    """Start multiprocessing's fork server with ``module`` imported, once per test session, so
+    every gloo process starts in milliseconds instead of importing torch and diffusers again.
+
+    The server is a fresh interpreter that (on Python 3.11) ignores our ``sys.path``, where
+    pytest put ``tests/``: it gets it through ``PYTHONPATH`` while it starts.
+    """
+    import multiprocessing.forkserver
+    import os
+    import sys
+
+    import torch.multiprocessing as mp
+
+    mp.set_forkserver_preload([module])
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 120.0):
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes of one process group
+    (``"nccl"``: rank ``r`` on GPU ``r``).
+
+    ``fn`` must be importable (a module-level function); an exception in any process fails the
+    caller with that process's traceback, and a hang is killed after ``timeout`` seconds.
+    """
+    import time
+
+    import pytest
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_backend_available(backend):
+        pytest.skip(f"torch.distributed with the {backend} backend is unavailable")
+    _start_forkserver(fn.__module__)
+    context = mp.start_processes(
+        _worker,
+        args=(world_size, backend, free_port(), fn, args),
+        nprocs=world_size,
+        join=False,
+        start_method="forkserver",
+    )
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"{world_size} {backend} processes still running after {timeout} s")

@@ -1,6 +1,7 @@
 """The training entry point: CLI fit end to end, resume, bad data, configs, flow matching."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import decord
 import pytest
 import torch
+from helpers import free_port
 from lightning.pytorch.callbacks import Callback
 
 from data.synthetic import ensure_synthetic_dataset
@@ -22,6 +24,7 @@ from vmoba.sampling import sample_videos
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "tests" / "configs" / "tiny.yaml")
+MULTIGPU = REPO / "configs" / "multigpu"
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,43 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
         args=["predict", *_args(run_dir, synthetic_root), ckpt, "--trainer.limit_predict_batches=1"]
     )
     assert len(list((run_dir / "predictions").glob("*.mp4"))) == predicted.datamodule.batch_size
+
+
+@pytest.mark.parametrize("strategy,samples", [("ddp", 0), ("ulysses", 1)])
+def test_two_process_cli_fit(tmp_path, synthetic_root, strategy, samples):
+    """configs/multigpu/<strategy>.yaml on 2 CPU processes (gloo) instead of every GPU."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is unavailable")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "main.py", "fit", *_args(run_dir, synthetic_root),
+           f"--config={MULTIGPU / strategy}.yaml", "--trainer.accelerator=cpu",
+           "--trainer.devices=2", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+           f"--model.num_samples={samples}"]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=240)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and metrics["val_loss_end"] > 0
+    assert all(0 < d < 1 for d in metrics["density"].values())
+    assert len(list((run_dir / "samples").glob("*.mp4"))) == samples  # the group's rank 0 wrote
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ulysses_strategy_gives_each_group_its_share_of_the_data(monkeypatch):
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from vmoba.parallel.strategy import UlyssesStrategy
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # set_global_rank sets it
+    environment = LightningEnvironment()
+    environment.set_world_size(8)
+    environment.set_global_rank(5)
+    strategy = UlyssesStrategy(sequence_parallel=2, cluster_environment=environment)
+    assert strategy.distributed_sampler_kwargs == {"num_replicas": 4, "rank": 2}
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="sequence_parallel must be an int >= 1"):
+            UlyssesStrategy(sequence_parallel=bad)
 
 
 def test_checkpoints_are_replaced_atomically(tmp_path):
@@ -238,6 +278,30 @@ def test_latent_cache_overlay_on_a_paper_config():
     assert (cfg.data.train_manifest, cfg.data.val_manifest) == (None, None)
     assert (cfg.data.train_cache, cfg.data.val_cache) == ("TRAIN_CACHE", "VAL_CACHE")
     assert (cfg.data.num_frames, tuple(cfg.data.resolution)) == (93, (576, 1024))
+
+
+@pytest.mark.parametrize("snippet", sorted(MULTIGPU.glob("*.yaml")), ids=lambda p: p.name)
+def test_multigpu_configs_layer_on_a_paper_setting(snippet):
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    setting = REPO / "configs" / "wan2.1_1.3b_93x576x1024_vmoba.yaml"
+    cfg = ParseOnly(args=[f"--config={setting}", f"--config={snippet}"], run=False).config
+    strategy = cfg.trainer.strategy
+    assert cfg.trainer.devices == -1 and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.data.num_frames == 93 and cfg.model.attention.block_2d == [6, 8]  # setting kept
+    classes = {"ddp": "lightning.pytorch.strategies.DDPStrategy",
+               "fsdp": "lightning.pytorch.strategies.FSDPStrategy",
+               "ulysses": "vmoba.parallel.strategy.UlyssesStrategy"}
+    assert strategy.class_path == classes[snippet.stem]
+    if snippet.stem == "fsdp":  # one FSDP unit and one checkpointed region per block
+        assert strategy.init_args.auto_wrap_policy == {WanTransformerBlock}
+        assert strategy.init_args.activation_checkpointing_policy == {WanTransformerBlock}
+        assert cfg.model.gradient_checkpointing is False  # not twice
+    else:
+        assert strategy.init_args.gradient_as_bucket_view and cfg.model.gradient_checkpointing
+    if snippet.stem == "ulysses":  # Wan 1.3B: 12 heads; 24 x 36 x 64 latent tokens
+        assert 12 % strategy.init_args.sequence_parallel == 0
+        assert (24 * 36 * 64) % strategy.init_args.sequence_parallel == 0
 
 
 def test_shifted_timesteps():

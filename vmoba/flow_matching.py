@@ -208,11 +208,16 @@ class VMoBAFlowMatching(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         micro = batch_idx % self.trainer.accumulate_grad_batches
-        generator = step_generator(self.device, self.hparams.seed, self.global_step, micro)
+        # Each data-parallel replica draws its own noise; the ranks of a sequence-parallel group
+        # (consecutive ranks, see vmoba.parallel.strategy) must draw the same. Replica 0 keeps
+        # the single-process stream.
+        replica = self.trainer.global_rank // self.dit.sequence_size
+        keys = (self.hparams.seed, self.global_step, micro) + ((replica,) if replica else ())
+        generator = step_generator(self.device, *keys)
         loss = self.flow_matching_loss(batch, generator, dropout=self.hparams.caption_dropout)
         self.log("train/loss", loss, prog_bar=True)
-        for kind, density in self.dit.densities().items():
-            self.log(f"train/density_{kind}", density)
+        for kind, density in self.dit.densities().items():  # per rank: its samples and heads
+            self.log(f"train/density_{kind}", density, sync_dist=True)
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -233,7 +238,7 @@ class VMoBAFlowMatching(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.evaluation_loss(batch, batch_idx)
         self.val_losses.append(loss.detach())
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["caption"]), sync_dist=True)
         if batch_idx == 0:
             self._sample_captions = batch["caption"][: self.hparams.num_samples]
             self._sample_shape = self.batch_latent_shape(batch)
@@ -248,10 +253,11 @@ class VMoBAFlowMatching(L.LightningModule):
         """Validation's loss (same seeded noise) as ``test/loss``; then one video sampled per
         caption into ``<run dir>/test_samples/`` and scored by ``test_metrics``."""
         loss = self.evaluation_loss(batch, batch_idx)
-        self.log("test/loss", loss, batch_size=len(batch["caption"]))
+        self.log("test/loss", loss, batch_size=len(batch["caption"]), sync_dist=True)
         if self._test_metrics.ready:
             paths = self._sample_batch(batch, batch_idx, "test_samples")
-            self._test_metrics.score(paths, batch["caption"])
+            if self.dit.sequence_rank == 0:  # the rank that wrote them
+                self._test_metrics.score(paths, batch["caption"])
         return loss
 
     def on_test_epoch_end(self) -> None:
@@ -267,15 +273,18 @@ class VMoBAFlowMatching(L.LightningModule):
         return self.save_samples(self.run_dir / folder, f"batch{batch_idx:04d}", batch["caption"], shape)
 
     def on_validation_epoch_end(self) -> None:
-        mean = torch.stack(self.val_losses).mean().item()
+        mean = self.trainer.strategy.reduce(torch.stack(self.val_losses).mean(), reduce_op="mean")
+        mean = mean.item()  # over all ranks
         self.val_losses.clear()
         if self.trainer.sanity_checking:
             self.val_loss_start = mean  # before any training step: the baseline for metrics.json
             return
         self.val_loss_end = mean
-        if self.hparams.num_samples > 0 and self.trainer.is_global_zero:
+        run_dir = self.run_dir  # a collective under DDP: every rank asks
+        # Rank 0 samples; with sequence parallelism, the rest of its group takes part.
+        if self.hparams.num_samples > 0 and self.trainer.global_rank < self.dit.sequence_size:
             self.save_samples(
-                self.run_dir / "samples",
+                run_dir / "samples",
                 f"step{self.global_step:06d}",
                 self._sample_captions,
                 self._sample_shape,
@@ -286,7 +295,8 @@ class VMoBAFlowMatching(L.LightningModule):
     ) -> list[Path]:
         """Sample one video per caption, of latent ``shape`` ``(C, T, H, W)`` (the DiT's input),
         and write them as mp4 files named ``<prefix>_<i>_<caption>.mp4`` (the same names in every
-        run with the same seed)."""
+        run with the same seed). With sequence parallelism the whole group samples and its first
+        rank writes."""
         text = self.text_encoder(captions)
         latents = sample_videos(
             self.dit,
@@ -301,11 +311,11 @@ class VMoBAFlowMatching(L.LightningModule):
             generator=step_generator(self.device, self.hparams.seed, 2_000_000),
         )
         videos = self.to_pixels(latents)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, (video, caption) in enumerate(zip(videos, captions)):
-            paths.append(folder / f"{prefix}_{i}_{caption_slug(caption)}.mp4")
-            write_mp4(paths[-1], to_uint8_frames(video), fps=self.hparams.sample_fps)
+        paths = [folder / f"{prefix}_{i}_{caption_slug(c)}.mp4" for i, c in enumerate(captions)]
+        if self.dit.sequence_rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path, video in zip(paths, videos):
+                write_mp4(path, to_uint8_frames(video), fps=self.hparams.sample_fps)
         return paths
 
     def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
@@ -314,10 +324,12 @@ class VMoBAFlowMatching(L.LightningModule):
 
     @property
     def run_dir(self) -> Path:
-        """The run directory: the trainer's log dir (config, logs, checkpoints, samples)."""
+        """The run directory: the trainer's log dir (config, logs, checkpoints, samples). Under DDP
+        every rank must ask (the trainer broadcasts rank 0's)."""
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def on_fit_end(self) -> None:
+        run_dir = self.run_dir  # a collective under DDP: every rank asks
         if not self.trainer.is_global_zero:
             return
         metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
@@ -337,7 +349,7 @@ class VMoBAFlowMatching(L.LightningModule):
             tokens_per_s=metrics.get("train/tokens_per_s"),
             skipped_videos=self._skipped_videos(),
         )
-        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     def _skipped_videos(self) -> dict[str, int]:
         """Unreadable or too-short videos each split skipped (main process only)."""

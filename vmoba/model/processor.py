@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from torch.distributed import ProcessGroup
 
 from vmoba.attention import (
     LAYER_KINDS,
@@ -16,6 +17,7 @@ from vmoba.attention import (
     vmoba_selection,
 )
 from vmoba.attention.partition import BlockPartition, BlockSpec, Grid, LayerKind
+from vmoba.parallel.ulysses import ulysses_attention
 
 
 @dataclass
@@ -70,6 +72,9 @@ class VMoBAAttnProcessor:
     latent grid of the current batch by :class:`vmoba.model.wan.VideoDiT` before each forward.
     ``dense = True`` runs exactly diffusers' dense attention instead (the first denoising steps).
     After a VMoBA forward, ``density`` holds the kept density (0-dim tensor, no host sync).
+    With a ``sequence_group`` (Ulysses, set by :meth:`VideoDiT.enable_sequence_parallel`) it gets
+    this rank's tokens and attends over the whole sequence for its share of the heads; ``density``
+    and ``selection_record`` then cover those heads only.
     """
 
     def __init__(self, layer_index: int, settings: VMoBASettings) -> None:
@@ -82,6 +87,7 @@ class VMoBAAttnProcessor:
         self.density: Optional[torch.Tensor] = None
         self.record_selection = False  # keep the last (partition, keep mask) for pictures
         self.selection_record: Optional[tuple[BlockPartition, torch.Tensor]] = None
+        self.sequence_group: Optional[ProcessGroup] = None
 
     def __call__(
         self,
@@ -98,12 +104,17 @@ class VMoBAAttnProcessor:
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
             q, k = apply_rotary(q, *rotary_emb), apply_rotary(k, *rotary_emb)
-        if self.dense:
-            out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+        if self.sequence_group is None:
+            out = self._attend(q, k, v)
         else:
-            out = self._vmoba(q, k, v)
+            out = ulysses_attention(q, k, v, self._attend, self.sequence_group)
         out = out.flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.dense:
+            return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+        return self._vmoba(q, k, v)
 
     def _vmoba(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.grid is None:

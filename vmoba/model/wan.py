@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from diffusers import WanTransformer3DModel
+from torch.distributed import ProcessGroup
 
 from vmoba.attention import LAYER_KINDS
 from vmoba.model.processor import VMoBAAttnProcessor, VMoBASettings
+from vmoba.parallel.ulysses import check_exact_scope, gather_sequence, shard_sequence
 
 TINY_WAN = dict(
     patch_size=[1, 2, 2],
@@ -55,11 +58,63 @@ class VideoDiT(torch.nn.Module):
         super().__init__()
         self.transformer = transformer
         self.processors: list[VMoBAAttnProcessor] = []
+        self.sequence_group: Optional[ProcessGroup] = None
         if settings.attention == "vmoba":
             for index, block in enumerate(transformer.blocks):
                 processor = VMoBAAttnProcessor(index, settings)
                 block.attn1.set_processor(processor)
                 self.processors.append(processor)
+
+    def enable_sequence_parallel(self, group: ProcessGroup) -> None:
+        """Split every video's tokens over the ranks of ``group`` (Ulysses sequence parallelism).
+
+        Every rank of ``group`` must then call :meth:`forward` with the same inputs. The RoPE
+        tables and the first block's input are split by token, each VMoBA layer attends through
+        :func:`vmoba.parallel.ulysses.ulysses_attention`, and ``proj_out``'s output is gathered:
+        patchify and unpatchify see whole videos, and every rank gets the whole velocity. This
+        is diffusers' ``WanTransformer3DModel._cp_plan``; its ``enable_parallelism`` is not used
+        because it needs a CUDA device mesh and routes attention through diffusers' backends.
+        Enabling it again with the same group does nothing.
+        """
+        if self.sequence_group is group:
+            return  # a second trainer call (fit, then validate) on the same model
+        if self.sequence_group is not None:
+            raise RuntimeError("sequence parallelism is already enabled with another group")
+        if not self.processors:
+            raise ValueError("sequence parallelism needs attention='vmoba', got attention='full'")
+        heads = self.transformer.config.num_attention_heads
+        if heads % dist.get_world_size(group):
+            raise ValueError(
+                f"num_attention_heads ({heads}) must be divisible by the sequence-parallel size "
+                f"({dist.get_world_size(group)})"
+            )
+        for processor in self.processors:
+            check_exact_scope(processor.selection.scope)
+            processor.sequence_group = group
+
+        def shard_rope(module, args, tables):  # (cos, sin), each [1, S, 1, D]
+            return tuple(shard_sequence(table, group) for table in tables)
+
+        def shard_tokens(module, args):  # hidden_states [B, S, C] is the first argument
+            return (shard_sequence(args[0], group), *args[1:])
+
+        def gather_tokens(module, args, out):  # [B, S/N, C_out * prod(patch)]
+            return gather_sequence(out, group)
+
+        self.transformer.rope.register_forward_hook(shard_rope)
+        self.transformer.blocks[0].register_forward_pre_hook(shard_tokens)
+        self.transformer.proj_out.register_forward_hook(gather_tokens)
+        self.sequence_group = group
+
+    @property
+    def sequence_size(self) -> int:
+        """Ranks sharing each video (1 without sequence parallelism)."""
+        return 1 if self.sequence_group is None else dist.get_world_size(self.sequence_group)
+
+    @property
+    def sequence_rank(self) -> int:
+        """This rank's index in its sequence-parallel group (0 without one)."""
+        return 0 if self.sequence_group is None else dist.get_rank(self.sequence_group)
 
     def latent_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """Token grid ``(T, Hg, Wg)`` of latents of ``shape`` ``(..., T, H, W)`` after patchifying."""
