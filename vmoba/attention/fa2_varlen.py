@@ -20,8 +20,9 @@ from typing import Callable
 
 import torch
 
-# Optional arguments of the flash-attn functions, by name; each call passes those its version has.
-_NO_WINDOW = {
+# Plain attention (no window, softcap or ALiBi) in the optional arguments of the flash-attn
+# functions, by name; each call passes those its version has.
+_PLAIN = {
     "window_size": (-1, -1),
     "window_size_left": -1,
     "window_size_right": -1,
@@ -66,8 +67,8 @@ def _supported(fn: Callable, options: dict) -> dict:
 def flash_attn_kernels(interface: ModuleType) -> VarlenKernels:
     """Kernels from a ``flash_attn.flash_attn_interface`` module (2.6 or >= 2.7 API)."""
     fwd, bwd = interface._flash_attn_varlen_forward, interface._flash_attn_varlen_backward
-    fwd_options = _supported(fwd, {**_NO_WINDOW, "return_softmax": False, "block_table": None})
-    bwd_options = _supported(bwd, {**_NO_WINDOW, "deterministic": False})
+    fwd_options = _supported(fwd, {**_PLAIN, "return_softmax": False, "block_table": None})
+    bwd_options = _supported(bwd, {**_PLAIN, "deterministic": False})
     if not ({"window_size", "window_size_left"} & fwd_options.keys()):
         raise ImportError("unsupported flash-attn API: _flash_attn_varlen_forward has no window_size")
 

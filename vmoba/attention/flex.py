@@ -25,6 +25,8 @@ forward only (torch has no CPU backward for it) and ``S x S`` scores, for tests 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn.attention import flex_attention as torch_flex
 
@@ -32,14 +34,17 @@ from vmoba.attention.partition import BlockPartition
 
 TILE: tuple[int, int] = (128, 128)  # (query tile, key tile) tokens: FlexAttention's default
 
-_compiled_flex = torch.compile(torch_flex.flex_attention, dynamic=False)
+
+@functools.cache
+def _compiled_flex():  # built on first use: creating it imports dynamo, over a second
+    return torch.compile(torch_flex.flex_attention, dynamic=False)
 
 
 def _tile_block_overlap(
     partition: BlockPartition, kv_tile: int, device: torch.device
 ) -> torch.Tensor:
     """``[S / kv_tile, N]`` float: 1 where key tile ``t`` (block order) has a key of block ``j``."""
-    offsets = partition.block_offsets.to(device)
+    offsets = partition.on(device).block_offsets
     starts = torch.arange(0, partition.num_tokens, kv_tile, device=device)
     ends = (starts + kv_tile).clamp_max(partition.num_tokens)
     overlap = (offsets[None, :-1] < ends[:, None]) & (offsets[None, 1:] > starts[:, None])
@@ -71,7 +76,8 @@ def _tiles(
     q_tile, kv_tile = tile
     num_q, num_kv = -(-tokens // q_tile), -(-tokens // kv_tile)
     device = keep.device
-    perm, block_index = partition.perm.to(device), partition.block_index.to(device)
+    on_device = partition.on(device)
+    perm, block_index = on_device.perm, on_device.block_index
     rows = perm[torch.arange(num_q * q_tile, device=device).clamp_max(tokens - 1)]
     query_keep = keep[:, :, rows]  # [B, H, Q * q_tile, N]
     by_tile = query_keep.view(batch, heads, num_q, q_tile, blocks)
@@ -130,9 +136,9 @@ def flex_attention(
     """Masked attention on FlexAttention with :func:`flex_block_mask`. Arguments, shapes and result
     as :func:`vmoba.attention.reference.reference_attention`; math in the inputs' dtype with float32
     accumulation on CUDA (compiled kernel), float32/float64 on the CPU (eager, forward only)."""
-    perm = partition.perm.to(q.device)
-    inverse = partition.inverse.to(q.device)
+    on_device = partition.on(q.device)
+    perm, inverse = on_device.perm, on_device.inverse
     qh, kh, vh = (x[:, perm].transpose(1, 2) for x in (q, k, v))  # [B, H, S, D], block order
-    attend = _compiled_flex if q.device.type == "cuda" else torch_flex.flex_attention
+    attend = _compiled_flex() if q.device.type == "cuda" else torch_flex.flex_attention
     out = attend(qh, kh, vh, block_mask=flex_block_mask(keep, partition, TILE))
     return out.transpose(1, 2)[:, inverse]

@@ -149,15 +149,14 @@ class _VarlenVMoBA(torch.autograd.Function):
                 rows - c.dst0,
             )
         out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, perm)
+        ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, q_rows, k_rows)
         ctx.chunks, ctx.max_k, ctx.scale = plan.chunks, plan.max_k, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, all_rows, cu_q, cu_k, perm = ctx.saved_tensors
+        q, k, v, out, lse, all_rows, cu_q, cu_k, q_rows, k_rows = ctx.saved_tensors
         batch, tokens, heads, dim = q.shape
-        q_rows, k_rows = _row_indices(batch, heads, perm)
         kernels = varlen_kernels()
         q2d, k2d, v2d = (x.reshape(-1, dim) for x in (q, k, v))
         grad_q = torch.zeros(q_rows.numel(), dim, dtype=upcast_dtype(q.dtype), device=q.device)
