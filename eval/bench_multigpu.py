@@ -71,7 +71,8 @@ class Run:
     strategy: str
     gpus: int
     frames: int
-    steps: int  # timed, after WARMUP_STEPS
+    steps: int  # timed, after `warmup` untimed steps
+    warmup: int = WARMUP_STEPS
 
     @property
     def replicas(self) -> int:
@@ -143,9 +144,9 @@ def _measure(rank: int, run: Run, model: Model, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = functools.partial(train_step, trained, optimizer, inputs)
-    seconds = step_seconds(step, WARMUP_STEPS + run.steps, device)
+    seconds = step_seconds(step, run.warmup + run.steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return dict(step_s=statistics.median(seconds[WARMUP_STEPS:]), peak_mem_gib=peak)
+    return dict(step_s=statistics.median(seconds[run.warmup :]), peak_mem_gib=peak)
 
 
 def _worker(rank: int, run: Run, model: Model, device_type: str, folder: str) -> None:
@@ -270,6 +271,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         help="latent frames of the does-it-fit runs (default 96: 221,184 tokens; none: skip)",
     )
     parser.add_argument("--long-steps", type=int, default=1)
+    parser.add_argument(
+        "--long-warmup",
+        type=int,
+        default=WARMUP_STEPS,
+        help="untimed steps before the long runs' timed ones (0: the first step is timed)",
+    )
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per run")
     args = parser.parse_args(argv)
 
@@ -283,7 +290,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     name = args.name or (f"multigpu_tiny_{args.device}" if args.tiny else "multigpu_h200x2")
     runs = [Run(s, 1 if s == "single" else args.gpus, frames, args.steps) for s in args.strategies]
     runs += [
-        Run(s, 1 if s == "single" else args.gpus, f, args.long_steps)
+        Run(s, 1 if s == "single" else args.gpus, f, args.long_steps, args.long_warmup)
         for f in long_frames
         for s in ("single", "ulysses")
     ]

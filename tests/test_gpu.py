@@ -150,3 +150,25 @@ def test_compiled_selection_equals_eager(select, scope, topk):
         partition, keep = vmoba_selection(q, k, grid=GRID, block=block, config=config)
         eager = api._gates_and_selection(q, k, partition.on("cuda:0"), config)
         assert torch.equal(keep, eager)
+
+
+@pytest.mark.parametrize("scope", ["head_global", "block", "overall"])
+@pytest.mark.parametrize("tau", [0.1, 0.25, 0.6])
+def test_threshold_search_on_gpu_equals_cpu_sort(scope, tau, monkeypatch):
+    """The CUDA threshold search (eager and compiled) keeps what the CPU sort keeps, given the
+    same gates; gates rounded to a few values put the cut-off inside runs of ties."""
+    from vmoba.attention import block_gates, block_partition, select_blocks, selection
+
+    monkeypatch.setattr(selection, "SEARCH_MIN_ENTRIES", 0)  # every pool, small ones too
+
+    gen = torch.Generator(device="cuda").manual_seed(8)
+    q, k = (torch.randn(2, 1260, 4, 64, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
+    config = SelectionConfig("threshold", scope, tau)
+    compiled = torch.compile(select_blocks, dynamic=False)
+    for block in BLOCKS.values():
+        partition = block_partition(GRID, block)
+        gates = block_gates(q, k, partition.on("cuda:0"))
+        for g in (gates, (gates * 4).round() / 4):
+            expected = select_blocks(g.cpu(), partition, config)
+            assert torch.equal(select_blocks(g, partition.on("cuda:0"), config).cpu(), expected)
+            assert torch.equal(compiled(g, partition.on("cuda:0"), config).cpu(), expected)

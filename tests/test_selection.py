@@ -27,13 +27,18 @@ GRIDS = [(6, 6, 8), (5, 7, 6)]
 BLOCKS = [2, (3, 4), (2, 3, 4)]
 
 
-@pytest.mark.parametrize("pool_entries", [None, 500], ids=["all_pools", "pool_groups"])
+@pytest.mark.parametrize("ranking", ["sort", "sort_pool_groups", "search"])
 @pytest.mark.parametrize("select,scope,threshold,topk", MODES)
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("block", BLOCKS)
-def test_selection_matches_naive(select, scope, threshold, topk, grid, block, pool_entries, monkeypatch):
-    if pool_entries is not None:  # rank a few pools at a time, as long videos do
-        monkeypatch.setattr(selection, "POOL_ENTRIES", pool_entries)
+def test_selection_matches_naive(select, scope, threshold, topk, grid, block, ranking, monkeypatch):
+    if ranking == "sort_pool_groups":  # rank a few pools at a time, as long videos do
+        monkeypatch.setattr(selection, "POOL_ENTRIES", 500)
+    elif ranking == "search":  # the CUDA path for large threshold pools, with its torch masses
+        if select != "threshold":
+            pytest.skip("top-k always sorts")
+        monkeypatch.setattr(selection, "search_available", lambda pools: True)
+        monkeypatch.setattr(selection, "SEARCH_MIN_ENTRIES", 0)
     tokens = grid[0] * grid[1] * grid[2]
     q, k, _ = random_qkv(2, tokens, 3, 16, seed=11, grad=False)
     part = block_partition(grid, block)

@@ -1,0 +1,58 @@
+"""Where one VMoBA layer's GPU time goes: a kernel table from ``torch.profiler``.
+
+    python -m eval.profile_attention --tokens 55296 --kind 2d
+
+Runs a setting of :mod:`eval.bench_attention` (random bf16 q, k, v; B = 1, H = 12, D = 128),
+warms up, then profiles ``--iters`` forward+backward calls and prints the CUDA kernels by total
+time (per call), so the notes in ``eval/results/attention_h200_notes.md`` can name what is slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from eval.bench_attention import SETTINGS
+from vmoba.attention import vmoba_attention
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, choices=[s.tokens for s in SETTINGS], default=55_296)
+    parser.add_argument("--kind", choices=("1d", "2d", "3d"), default="2d")
+    parser.add_argument("--backend", default="varlen")
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=25, help="kernels listed")
+    args = parser.parse_args()
+
+    setting = next(s for s in SETTINGS if s.tokens == args.tokens)
+    topk = None if setting.topk is None else setting.topk[args.kind]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(1, setting.tokens, 12, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+        .requires_grad_()
+        for _ in range(3)
+    )
+    grad = torch.randn_like(q)
+
+    def step():
+        vmoba_attention(
+            q, k, v, grid=setting.grid, block=setting.blocks[args.kind], select=setting.select,
+            scope=setting.scope, threshold=setting.threshold, topk=topk, backend=args.backend,
+        ).backward(grad)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.iters):
+            step()
+        torch.cuda.synchronize()
+    print(f"{args.tokens} tokens, {args.kind}, {args.backend}: {args.iters} forward+backward calls")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
