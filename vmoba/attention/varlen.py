@@ -116,11 +116,19 @@ def _row_indices(batch: int, heads: int, perm: torch.Tensor) -> tuple[torch.Tens
     return ((b + s) * heads + h).flatten(), ((b + perm) * heads + h).flatten()
 
 
+def _token_major(x: torch.Tensor, batch: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """Head-major rows ``[B * H * S, D]`` -> contiguous ``[B, S, H, D]`` of ``dtype``, one copy."""
+    x = x.view(batch, heads, -1, x.shape[-1]).transpose(1, 2)
+    return x.to(dtype, memory_format=torch.contiguous_format)
+
+
 class _VarlenVMoBA(torch.autograd.Function):
-    """q, k, v ``[B, S, H, D]`` (fp16/bf16) -> out ``[B * H * S, D]`` in head-major raster order.
+    """q, k, v ``[B, S, H, D]`` (fp16/bf16) -> out, contiguous ``[B, S, H, D]``.
 
     Each chunk gathers its query and key rows by index, so no full reordered copy of q, k or v
-    is made or kept for the backward."""
+    is made or kept for the backward. The running outputs and dq accumulate head-major (each
+    chunk's destinations are one slice); the output and grad_q leave token-major, so the caller's
+    head merge and the incoming gradient need no copy."""
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan, perm: torch.Tensor):
@@ -148,7 +156,7 @@ class _VarlenVMoBA(torch.autograd.Function):
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part.squeeze(1), part_lse.view(-1),
                 rows - c.dst0,
             )
-        out = out.to(q.dtype)
+        out = _token_major(out, batch, heads, q.dtype)
         ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, q_rows, k_rows)
         ctx.chunks, ctx.max_k, ctx.scale = plan.chunks, plan.max_k, scale
         return out
@@ -156,20 +164,21 @@ class _VarlenVMoBA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse, all_rows, cu_q, cu_k, q_rows, k_rows = ctx.saved_tensors
-        batch, tokens, heads, dim = q.shape
+        batch, _, heads, dim = q.shape
         kernels = varlen_kernels()
-        q2d, k2d, v2d = (x.reshape(-1, dim) for x in (q, k, v))
+        q2d, k2d, v2d, out2d, grad2d = (x.reshape(-1, dim) for x in (q, k, v, out, grad_out))
         grad_q = torch.zeros(q_rows.numel(), dim, dtype=upcast_dtype(q.dtype), device=q.device)
         grad_k, grad_v = torch.empty_like(k2d), torch.empty_like(v2d)  # every key is in one chunk
         for c in ctx.chunks:
             rows = all_rows[c.row0 : c.row1]
+            tokens_of_rows = q_rows[rows]
             keys = k_rows[c.key0 : c.key1]
             dq, dk, dv = kernels.backward(
-                grad_out[rows].unsqueeze(1),
-                q2d[q_rows[rows]].unsqueeze(1),
+                grad2d[tokens_of_rows].unsqueeze(1),
+                q2d[tokens_of_rows].unsqueeze(1),
                 k2d[keys].unsqueeze(1),
                 v2d[keys].unsqueeze(1),
-                out[rows].unsqueeze(1),
+                out2d[tokens_of_rows].unsqueeze(1),
                 lse[rows].unsqueeze(0),
                 _offsets(cu_q, c, c.row0),
                 _offsets(cu_k, c, c.key0),
@@ -180,7 +189,7 @@ class _VarlenVMoBA(torch.autograd.Function):
             sum_into(grad_q[c.dst0 : c.dst1], dq.squeeze(1), rows - c.dst0)
             grad_k.index_copy_(0, keys, dk.squeeze(1))
             grad_v.index_copy_(0, keys, dv.squeeze(1))
-        grad_q = grad_q.to(q.dtype).view(batch, heads, tokens, dim).transpose(1, 2)
+        grad_q = _token_major(grad_q, batch, heads, q.dtype)
         return grad_q, grad_k.view_as(k), grad_v.view_as(v), None, None
 
 
@@ -194,7 +203,5 @@ def varlen_attention(
     """VMoBA attention on FlashAttention-2 varlen kernels. Arguments, shapes and result as
     :func:`vmoba.attention.reference.reference_attention`, for float16/bfloat16 CUDA tensors with
     head dim ``D`` a multiple of 8 up to 256."""
-    batch, tokens, heads, dim = q.shape
     plan = _plan(keep, partition, ROW_BUDGET)
-    out = _VarlenVMoBA.apply(q, k, v, plan, partition.on(q.device).perm)
-    return out.view(batch, heads, tokens, dim).transpose(1, 2)
+    return _VarlenVMoBA.apply(q, k, v, plan, partition.on(q.device).perm)
