@@ -41,7 +41,7 @@ def _qkv(shape=(1, 24, 2, 8), dtype=torch.float32):
         (
             dict(backend="triton"),
             r"backend must be one of "
-            r"\('auto', 'chunked', 'flex', 'gathered', 'reference', 'varlen'\)",
+            r"\('auto', 'chunked', 'flex', 'gathered', 'indexed', 'reference', 'varlen'\)",
         ),
     ],
 )
@@ -66,13 +66,16 @@ def test_bad_tensors():
 
 
 def test_registry_names_and_auto_choice():
-    assert backend_names() == ("auto", "chunked", "flex", "gathered", "reference", "varlen")
+    assert backend_names() == (
+        "auto", "chunked", "flex", "gathered", "indexed", "reference", "varlen"
+    )
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_backend("auto", cpu, torch.float32, 64).name == "gathered"
     assert resolve_backend("auto", cuda, torch.bfloat16, 128).name == "varlen"
     assert resolve_backend("auto", cuda, torch.bfloat16, 36).name == "chunked"  # varlen: D % 8
     assert resolve_backend("auto", cuda, torch.float32, 128).name == "chunked"
     assert resolve_backend("reference", cpu, torch.bfloat16, 64).name == "reference"
+    assert resolve_backend("indexed", cuda, torch.bfloat16, 128).name == "indexed"  # opt-in
     with pytest.raises(
         ValueError,
         match=r"backend 'varlen' does not support torch.float32 tensors of head dim 64 on cpu",

@@ -18,7 +18,7 @@ def test_plan_packs_each_sample_head_block_with_its_queries_in_bounded_chunks():
     part = block_partition((5, 7, 6), (2, 3, 4))  # ragged, 18 blocks
     batch, heads, tokens, blocks = 2, 3, 210, part.num_blocks
     keep = torch.rand(batch, heads, tokens, blocks, generator=torch.Generator().manual_seed(0)) < 0.3
-    plan = varlen_module._plan(keep, part, budget=150)
+    plan = varlen_module.plan_segments(keep, part, budget=150)
     seg = 0
     for b in range(batch):
         for h in range(heads):

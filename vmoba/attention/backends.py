@@ -12,6 +12,7 @@ varlen      30        CUDA float16/bfloat16, head dim a multiple of 8 up to 256 
 gathered    20        CPU tensors (work and memory scale with the kept density)
 chunked     10        other devices (memory-safe dense-masked chunks, no S x S tensor)
 flex        5         never while chunked runs everywhere: opt-in until benchmarked (FlexAttention)
+indexed     4         never: opt-in until benchmarked (Triton kernels reading rows by index)
 reference   0         never (the plain ground truth; memory grows as S^2)
 =========== ========= ============================================================
 """
@@ -27,6 +28,7 @@ import torch
 from vmoba.attention.chunked import chunked_attention
 from vmoba.attention.flex import flex_attention
 from vmoba.attention.gathered import gathered_attention
+from vmoba.attention.indexed import indexed_attention
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.reference import reference_attention
 from vmoba.attention.varlen import varlen_attention
@@ -109,7 +111,14 @@ def _flex(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     return device.type == "cuda" and flex_dtype and power_of_two and 16 <= head_dim <= 256
 
 
+def _indexed(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    power_of_two = head_dim & (head_dim - 1) == 0
+    half = dtype in (torch.float16, torch.bfloat16)
+    return device.type == "cuda" and half and power_of_two and 16 <= head_dim <= 128
+
+
 register_backend(Backend("reference", reference_attention, priority=0))
+register_backend(Backend("indexed", indexed_attention, priority=4, supports=_indexed))
 register_backend(Backend("flex", flex_attention, priority=5, supports=_flex))
 register_backend(Backend("chunked", chunked_attention, priority=10))
 register_backend(Backend("gathered", gathered_attention, priority=20, supports=_cpu))

@@ -36,7 +36,7 @@ Smaller budgets save memory but cut the backward kernel's parallelism (key tiles
 
 
 @dataclass(frozen=True)
-class _Chunk:
+class Chunk:
     """Consecutive segments ``[seg0, seg1)``: their packed rows ``[row0, row1)``, keys
     ``[key0, key1)`` and the destination rows ``[dst0, dst1)`` their queries fall in."""
 
@@ -52,7 +52,7 @@ class _Chunk:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class SegmentPlan:
     """Packing plan of every (b, h, j) segment, segments in (b, h, j) order.
 
     rows: ``[total_q]`` int64, the query of each packed row as an index into ``[B * H * S]``
@@ -61,13 +61,15 @@ class _Plan:
         of its keys in the ``[B * H * S]`` block-ordered keys.
     chunks: runs of segments of at most ``ROW_BUDGET`` rows (a longer segment runs alone).
     max_k: the largest block (host int; the kernels need it).
+    counts: ``[B * H * N]`` int64 on the CPU, the queries of each segment.
     """
 
     rows: torch.Tensor
     cu_q: torch.Tensor
     cu_k: torch.Tensor
-    chunks: tuple[_Chunk, ...]
+    chunks: tuple[Chunk, ...]
     max_k: int
+    counts: torch.Tensor
 
 
 def _chunks(counts: list[int], cu_k: list[int], blocks: int, tokens: int, budget: int):
@@ -79,13 +81,13 @@ def _chunks(counts: list[int], cu_k: list[int], blocks: int, tokens: int, budget
             start = seg
     bounds.append((start, len(counts)))
     return tuple(
-        _Chunk(s0, s1, cu_q[s0], cu_q[s1], cu_k[s0], cu_k[s1],
+        Chunk(s0, s1, cu_q[s0], cu_q[s1], cu_k[s0], cu_k[s1],
                s0 // blocks * tokens, ((s1 - 1) // blocks + 1) * tokens, max(counts[s0:s1]))
         for s0, s1 in bounds
     )
 
 
-def _plan(keep: torch.Tensor, partition: BlockPartition, budget: int) -> _Plan:
+def plan_segments(keep: torch.Tensor, partition: BlockPartition, budget: int) -> SegmentPlan:
     """Segments of ``keep`` ``[B, H, S, N]``; syncs with the host once (the packed row count)."""
     batch, heads, tokens, blocks = keep.shape
     by_block = keep.permute(0, 1, 3, 2).reshape(-1, tokens)  # [B*H*N, S]
@@ -97,16 +99,17 @@ def _plan(keep: torch.Tensor, partition: BlockPartition, budget: int) -> _Plan:
     offsets = partition.block_offsets.tolist()
     cu_k = [g * tokens + o for g in range(batch * heads) for o in offsets[:-1]]
     cu_k.append(batch * heads * tokens)
+    counts = counts.cpu()
     chunks = _chunks(counts.tolist(), cu_k, blocks, tokens, budget)
     cu_k_device = torch.tensor(cu_k, dtype=torch.int32).to(keep.device, non_blocking=True)
-    return _Plan(rows, cu_q, cu_k_device, chunks, int(partition.block_sizes.max()))
+    return SegmentPlan(rows, cu_q, cu_k_device, chunks, int(partition.block_sizes.max()), counts)
 
 
-def _offsets(cu: torch.Tensor, chunk: _Chunk, first: int) -> torch.Tensor:
+def _offsets(cu: torch.Tensor, chunk: Chunk, first: int) -> torch.Tensor:
     return cu[chunk.seg0 : chunk.seg1 + 1] - first
 
 
-def _row_indices(batch: int, heads: int, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def row_indices(batch: int, heads: int, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ``x.reshape(B * S * H, D)`` for ``x`` ``[B, S, H, D]``: of each query in
     head-major raster order ``(b, h, s)``, and of each key in head-major block order."""
     tokens = perm.numel()
@@ -116,7 +119,7 @@ def _row_indices(batch: int, heads: int, perm: torch.Tensor) -> tuple[torch.Tens
     return ((b + s) * heads + h).flatten(), ((b + perm) * heads + h).flatten()
 
 
-def _token_major(x: torch.Tensor, batch: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
+def token_major(x: torch.Tensor, batch: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
     """Head-major rows ``[B * H * S, D]`` -> contiguous ``[B, S, H, D]`` of ``dtype``, one copy."""
     x = x.view(batch, heads, -1, x.shape[-1]).transpose(1, 2)
     return x.to(dtype, memory_format=torch.contiguous_format)
@@ -131,9 +134,9 @@ class _VarlenVMoBA(torch.autograd.Function):
     head merge and the incoming gradient need no copy."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan: _Plan, perm: torch.Tensor):
+    def forward(ctx, q, k, v, plan: SegmentPlan, perm: torch.Tensor):
         batch, _, heads, dim = q.shape
-        q_rows, k_rows = _row_indices(batch, heads, perm)
+        q_rows, k_rows = row_indices(batch, heads, perm)
         kernels, scale = varlen_kernels(), dim**-0.5
         acc_dtype = upcast_dtype(q.dtype)
         out = torch.zeros(q_rows.numel(), dim, dtype=acc_dtype, device=q.device)
@@ -156,7 +159,7 @@ class _VarlenVMoBA(torch.autograd.Function):
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part.squeeze(1), part_lse.view(-1),
                 rows - c.dst0,
             )
-        out = _token_major(out, batch, heads, q.dtype)
+        out = token_major(out, batch, heads, q.dtype)
         ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, q_rows, k_rows)
         ctx.chunks, ctx.max_k, ctx.scale = plan.chunks, plan.max_k, scale
         return out
@@ -189,7 +192,7 @@ class _VarlenVMoBA(torch.autograd.Function):
             sum_into(grad_q[c.dst0 : c.dst1], dq.squeeze(1), rows - c.dst0)
             grad_k.index_copy_(0, keys, dk.squeeze(1))
             grad_v.index_copy_(0, keys, dv.squeeze(1))
-        grad_q = _token_major(grad_q, batch, heads, q.dtype)
+        grad_q = token_major(grad_q, batch, heads, q.dtype)
         return grad_q, grad_k.view_as(k), grad_v.view_as(v), None, None
 
 
@@ -203,5 +206,5 @@ def varlen_attention(
     """VMoBA attention on FlashAttention-2 varlen kernels. Arguments, shapes and result as
     :func:`vmoba.attention.reference.reference_attention`, for float16/bfloat16 CUDA tensors with
     head dim ``D`` a multiple of 8 up to 256."""
-    plan = _plan(keep, partition, ROW_BUDGET)
+    plan = plan_segments(keep, partition, ROW_BUDGET)
     return _VarlenVMoBA.apply(q, k, v, plan, partition.on(q.device).perm)

@@ -1,0 +1,277 @@
+"""VMoBA on Triton kernels that read query, key and value rows by index (CUDA).
+
+The same segments as :mod:`vmoba.attention.varlen`: the queries of one (sample, head) that kept
+block ``j`` attend to block ``j``'s keys; segment outputs merge by their log-sum-exps. FA2's
+varlen kernels take packed rows, so that backend copies every query once per kept block (and,
+in the backward, its gradient and output too): 21% of a 2D layer at 55K tokens on the H200
+(``eval/results/attention_h200_profile_55k_2d.txt``). These kernels load the rows they need
+straight from ``[B, S, H, D]`` by index:
+
+- forward: one program per 128-query tile of a segment, online softmax over the block's keys;
+  it writes the tile's partial output and log-sum-exp, merged per query as in ``varlen``
+  (in chunks of at most ``varlen.ROW_BUDGET`` packed rows, the partials' memory).
+- backward, dk/dv: one program per key tile of a segment, over all the segment's queries,
+  with the merged log-sum-exp (exact, as FA2's varlen backward given the merged statistics).
+  Keys are disjoint across segments, so all segments run in one launch, with no chunks.
+- backward, dq: one program per query tile (chunked like the forward), summed per query.
+
+Nothing packed is kept for the backward. Status: correct against the reference (CPU, Triton's
+interpreter: ``tests/test_indexed.py``); its H200 speed is not measured yet, so ``auto`` does not
+pick it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vmoba.attention import varlen
+from vmoba.attention.partition import BlockPartition
+from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the backend is unavailable
+    triton = None
+
+_BLOCK_Q = 64  # query rows per forward / dq program, and per step of the dk/dv loop
+_BLOCK_K = 64  # key rows per dk/dv program, and per step of the forward / dq loop
+
+
+def _tiles(counts: torch.Tensor, first: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiles of ``size`` rows over segments of ``counts`` rows starting at ``first`` (CPU):
+    ``[T]`` segment and ``[T]`` first row of each tile, segments in order."""
+    per_segment = (counts + size - 1) // size
+    segment = torch.repeat_interleave(torch.arange(counts.numel()), per_segment)
+    before = torch.cumsum(per_segment, 0) - per_segment
+    start = first[segment] + (torch.arange(segment.numel()) - before[segment]) * size
+    return segment.int(), start.int()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _forward_kernel(
+        q_ptr, k_ptr, v_ptr, token_ptr, key_ptr, cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr,
+        out_ptr, lse_ptr, tile0, row0, scale,
+        DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        tile = tile0 + tl.program_id(0)
+        seg = tl.load(tile_seg_ptr + tile)
+        rows = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_Q)
+        live = rows < tl.load(cu_q_ptr + seg + 1)
+        dims = tl.arange(0, DIM)
+        token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
+        q = tl.load(q_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
+        peak = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+        norm = tl.zeros([BLOCK_Q], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
+        key_end = tl.load(cu_k_ptr + seg + 1)
+        for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
+            keys = first + tl.arange(0, BLOCK_K)
+            valid = keys < key_end
+            key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
+            k = tl.load(k_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(k)) * scale
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+            new_peak = tl.maximum(peak, tl.max(scores, axis=1))
+            rescale = tl.exp(peak - new_peak)
+            probs = tl.exp(scores - new_peak[:, None])
+            norm = norm * rescale + tl.sum(probs, axis=1)
+            acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
+            peak = new_peak
+        local = (rows - row0).to(tl.int64)
+        out = acc / norm[:, None]
+        tl.store(out_ptr + local[:, None] * DIM + dims[None, :], out, mask=live[:, None])
+        tl.store(lse_ptr + local, peak + tl.log(norm), mask=live)
+
+    @triton.jit
+    def _dkdv_kernel(
+        q_ptr, k_ptr, v_ptr, grad_ptr, lse_ptr, delta_ptr, token_ptr, query_ptr, key_ptr,
+        cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr, dk_ptr, dv_ptr, scale,
+        DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        tile = tl.program_id(0)
+        seg = tl.load(tile_seg_ptr + tile)
+        keys = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_K)
+        valid = keys < tl.load(cu_k_ptr + seg + 1)
+        dims = tl.arange(0, DIM)
+        key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
+        k = tl.load(k_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
+        row_end = tl.load(cu_q_ptr + seg + 1)
+        for first in range(tl.load(cu_q_ptr + seg), row_end, BLOCK_Q):
+            rows = first + tl.arange(0, BLOCK_Q)
+            live = rows < row_end
+            token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
+            query = tl.load(query_ptr + rows, mask=live, other=0).to(tl.int64)
+            q = tl.load(q_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
+            do = tl.load(grad_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None],
+                         other=0.0)
+            lse = tl.load(lse_ptr + query, mask=live, other=0.0)
+            delta = tl.load(delta_ptr + token, mask=live, other=0.0)
+            # rows past the segment load as zeros (q, do, lse, delta): they add nothing below
+            probs = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
+            dv += tl.dot(tl.trans(probs.to(do.dtype)), do)
+            dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
+            dk += tl.dot(tl.trans(dscores.to(q.dtype)), q)
+        out = key[:, None] * DIM + dims[None, :]
+        tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=valid[:, None])
+
+    @triton.jit
+    def _dq_kernel(
+        q_ptr, k_ptr, v_ptr, grad_ptr, lse_ptr, delta_ptr, token_ptr, query_ptr, key_ptr,
+        cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr, dq_ptr, tile0, row0, scale,
+        DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        tile = tile0 + tl.program_id(0)
+        seg = tl.load(tile_seg_ptr + tile)
+        rows = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_Q)
+        live = rows < tl.load(cu_q_ptr + seg + 1)
+        dims = tl.arange(0, DIM)
+        token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
+        query = tl.load(query_ptr + rows, mask=live, other=0).to(tl.int64)
+        q = tl.load(q_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
+        do = tl.load(grad_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
+        lse = tl.load(lse_ptr + query, mask=live, other=0.0)
+        delta = tl.load(delta_ptr + token, mask=live, other=0.0)
+        dq = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
+        key_end = tl.load(cu_k_ptr + seg + 1)
+        for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
+            keys = first + tl.arange(0, BLOCK_K)
+            valid = keys < key_end
+            key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
+            k = tl.load(k_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+            # keys past the block load as zeros: their columns add nothing to dq
+            probs = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
+            dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
+            dq += tl.dot(dscores.to(k.dtype), k)
+        local = (rows - row0).to(tl.int64)
+        tl.store(dq_ptr + local[:, None] * DIM + dims[None, :], dq * scale, mask=live[:, None])
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Work lists of one call (index tensors on the device, host ints for the grids).
+
+    query_tiles / key_tiles: ``([T] segment, [T] first row)`` of every query / key tile.
+    first_query_tile: ``[segments + 1]`` index of each segment's first query tile.
+    """
+
+    plan: varlen.SegmentPlan
+    query_tiles: tuple[torch.Tensor, torch.Tensor]
+    key_tiles: tuple[torch.Tensor, torch.Tensor]
+    first_query_tile: list[int]
+
+    def chunk_tiles(self, chunk: varlen.Chunk) -> tuple[int, int]:
+        """The chunk's first query tile and its number of tiles."""
+        first = self.first_query_tile[chunk.seg0]
+        return first, self.first_query_tile[chunk.seg1] - first
+
+
+def _launch(plan: varlen.SegmentPlan, partition: BlockPartition, groups: int, device) -> _Launch:
+    """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs."""
+    key_counts = partition.block_sizes.cpu().repeat(groups)
+    query_tiles = _tiles(plan.counts, _starts(plan.counts), _BLOCK_Q)
+    key_tiles = _tiles(key_counts, _starts(key_counts), _BLOCK_K)
+    per_segment = (plan.counts + _BLOCK_Q - 1) // _BLOCK_Q
+    return _Launch(
+        plan,
+        tuple(t.to(device) for t in query_tiles),
+        tuple(t.to(device) for t in key_tiles),
+        [0, *torch.cumsum(per_segment, 0).tolist()],
+    )
+
+
+def _starts(counts: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(counts, 0) - counts
+
+
+class _IndexedVMoBA(torch.autograd.Function):
+    """q, k, v contiguous ``[B, S, H, D]`` -> out, contiguous ``[B, S, H, D]``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, launch: _Launch, perm: torch.Tensor):
+        batch, _, heads, dim = q.shape
+        plan = launch.plan
+        q_rows, k_rows = varlen.row_indices(batch, heads, perm)
+        token = q_rows[plan.rows].int()  # [total] row of each packed query in [B*S*H, D]
+        query = plan.rows.int()  # [total] its index in head-major [B*H*S]
+        scale = 1.0 / math.sqrt(dim)
+        out = torch.zeros(q_rows.numel(), dim, dtype=torch.float32, device=q.device)
+        lse = torch.full(q_rows.shape, float("-inf"), dtype=torch.float32, device=q.device)
+        for c in plan.chunks:
+            tile0, tiles = launch.chunk_tiles(c)
+            if tiles == 0:
+                continue
+            part = torch.empty(c.row1 - c.row0, dim, dtype=q.dtype, device=q.device)
+            part_lse = torch.empty(c.row1 - c.row0, dtype=torch.float32, device=q.device)
+            _forward_kernel[(tiles,)](
+                q, k, v, token, k_rows, plan.cu_q, plan.cu_k, *launch.query_tiles, part,
+                part_lse, tile0, c.row0, scale,
+                DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_BLOCK_K, num_warps=4,
+            )
+            merge_by_lse_into(
+                out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part, part_lse,
+                plan.rows[c.row0 : c.row1] - c.dst0,
+            )
+        out = varlen.token_major(out, batch, heads, q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse, token, query, k_rows)
+        ctx.launch, ctx.scale = launch, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, token, query, k_rows = ctx.saved_tensors
+        launch, scale = ctx.launch, ctx.scale
+        plan = launch.plan
+        batch, _, heads, dim = q.shape
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.float() * out.float()).sum(-1).flatten()  # [B*S*H] rowsum(dO * O)
+        grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)  # every key is in one block
+        _dkdv_kernel[(launch.key_tiles[0].numel(),)](
+            q, k, v, grad_out, lse, delta, token, query, k_rows, plan.cu_q, plan.cu_k,
+            *launch.key_tiles, grad_k, grad_v, scale,
+            DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_BLOCK_K, num_warps=4,
+        )
+        grad_q = torch.zeros(lse.numel(), dim, dtype=torch.float32, device=q.device)
+        for c in plan.chunks:
+            tile0, tiles = launch.chunk_tiles(c)
+            if tiles == 0:
+                continue
+            dq = torch.empty(c.row1 - c.row0, dim, dtype=torch.float32, device=q.device)
+            _dq_kernel[(tiles,)](
+                q, k, v, grad_out, lse, delta, token, query, k_rows, plan.cu_q, plan.cu_k,
+                *launch.query_tiles, dq, tile0, c.row0, scale,
+                DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_BLOCK_K, num_warps=4,
+            )
+            sum_into(grad_q[c.dst0 : c.dst1], dq, plan.rows[c.row0 : c.row1] - c.dst0)
+        grad_q = varlen.token_major(grad_q, batch, heads, q.dtype)
+        return grad_q, grad_k, grad_v, None, None
+
+
+def indexed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor,
+    partition: BlockPartition,
+) -> torch.Tensor:
+    """VMoBA attention on the index-reading Triton kernels. Arguments, shapes and result as
+    :func:`vmoba.attention.reference.reference_attention`; float16/bfloat16 CUDA tensors (any
+    float dtype under Triton's CPU interpreter), head dim a power of two from 16 to 128."""
+    if triton is None:
+        raise RuntimeError("the indexed backend needs Triton")
+    batch, _, heads, _ = q.shape
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    plan = varlen.plan_segments(keep, partition, varlen.ROW_BUDGET)
+    launch = _launch(plan, partition, batch * heads, q.device)
+    return _IndexedVMoBA.apply(q, k, v, launch, partition.on(q.device).perm)
