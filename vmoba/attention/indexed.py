@@ -86,7 +86,8 @@ if triton is not None:
             peak = new_peak
         local = (rows - row0).to(tl.int64)
         out = acc / norm[:, None]
-        tl.store(out_ptr + local[:, None] * DIM + dims[None, :], out, mask=live[:, None])
+        tl.store(out_ptr + local[:, None] * DIM + dims[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=live[:, None])
         tl.store(lse_ptr + local, peak + tl.log(norm), mask=live)
 
     @triton.jit
