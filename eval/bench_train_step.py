@@ -107,10 +107,12 @@ def step_seconds(step: Callable[[], None], steps: int, device: torch.device) -> 
     return seconds
 
 
-def measure(setting: Setting, attention: str, steps: int) -> dict:
-    """Median seconds of ``steps`` optimizer steps (after one warm-up step) and peak memory."""
+def measure(setting: Setting, attention: str, steps: int, backend: str = "auto") -> dict:
+    """Median seconds of ``steps`` optimizer steps (after one warm-up step) and peak memory;
+    ``backend`` is VMoBA's attention backend."""
     device = torch.device("cuda")
-    dit = build_dit(WAN_1_3B, dataclasses.replace(setting.settings, attention=attention), device)
+    settings = dataclasses.replace(setting.settings, attention=attention, backend=backend)
+    dit = build_dit(WAN_1_3B, settings, device)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=1e-5)
     inputs = random_inputs(WAN_1_3B, setting.latent, device)
     torch.cuda.reset_peak_memory_stats()
@@ -118,6 +120,7 @@ def measure(setting: Setting, attention: str, steps: int) -> dict:
     densities = {k: round(v.item(), 4) for k, v in dit.densities().items()}
     record = dict(
         tokens=setting.tokens, setting=setting.name, attention=attention,
+        backend=backend if attention == "vmoba" else None,
         step_s=statistics.median(seconds[1:]), peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
         density=sum(densities.values()) / 3 if densities else 1.0, density_per_kind=densities,
         date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
@@ -142,18 +145,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=Path("eval/results"))
+    parser.add_argument(
+        "--tokens", type=int, nargs="+", default=[s.tokens for s in SETTINGS],
+        choices=[s.tokens for s in SETTINGS], help="settings to run, by token count",
+    )
+    parser.add_argument("--backend", default="auto", help="VMoBA's attention backend")
     args = parser.parse_args()
     records = []
-    for setting in SETTINGS:
+    for setting in (s for s in SETTINGS if s.tokens in args.tokens):
         for attention in ("full", "vmoba"):
-            records.append(measure(setting, attention, args.steps))
+            records.append(measure(setting, attention, args.steps, args.backend))
             print(json.dumps(records[-1]), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "train_step_h200.json").write_text(json.dumps(records, indent=1) + "\n")
     table = markdown(records)
     (args.out_dir / "train_step_h200.md").write_text(
         "# One Wan 2.1 1.3B training step, full attention vs VMoBA (threshold + head_global, tau "
-        f"0.25)\n\nCommand: `python -m eval.bench_train_step --steps {args.steps}`\n\n" + table
+        f"0.25)\n\nCommand: `python -m eval.bench_train_step --steps {args.steps} --tokens "
+        f"{' '.join(map(str, args.tokens))} --backend {args.backend}`\n\n" + table
     )
     print(table)
 
