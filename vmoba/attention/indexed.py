@@ -7,10 +7,10 @@ in the backward, its gradient and output too): 21% of a 2D layer at 55K tokens o
 (``eval/results/attention_h200_profile_55k_2d.txt``). These kernels load the rows they need
 straight from ``[B, S, H, D]`` by index:
 
-- forward: one program per 128-query tile of a segment, online softmax over the block's keys;
+- forward: one program per 64-query tile of a segment, online softmax over the block's keys;
   it writes the tile's partial output and log-sum-exp, merged per query as in ``varlen``
   (in chunks of at most ``varlen.ROW_BUDGET`` packed rows, the partials' memory).
-- backward, dk/dv: one program per key tile of a segment, over all the segment's queries,
+- backward, dk/dv: one program per 128-key tile of a segment, over all the segment's queries,
   with the merged log-sum-exp (exact, as FA2's varlen backward given the merged statistics).
   Keys are disjoint across segments, so all segments run in one launch, with no chunks.
 - backward, dq: one program per query tile (chunked like the forward), summed per query.
@@ -38,7 +38,8 @@ except ImportError:  # CPU-only installs: the backend is unavailable
     triton = None
 
 _BLOCK_Q = 64  # query rows per forward / dq program, and per step of the dk/dv loop
-_BLOCK_K = 64  # key rows per dk/dv program, and per step of the forward / dq loop
+_BLOCK_K = 64  # key rows per step of the forward / dq loop
+_KEY_TILE = 128  # key rows per dk/dv program (as FA2's backward: fewer re-reads of q and dO)
 
 
 def _tiles(counts: torch.Tensor, first: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +183,7 @@ def _launch(plan: varlen.SegmentPlan, partition: BlockPartition, groups: int, de
     """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs."""
     key_counts = partition.block_sizes.cpu().repeat(groups)
     query_tiles = _tiles(plan.counts, _starts(plan.counts), _BLOCK_Q)
-    key_tiles = _tiles(key_counts, _starts(key_counts), _BLOCK_K)
+    key_tiles = _tiles(key_counts, _starts(key_counts), _KEY_TILE)
     per_segment = (plan.counts + _BLOCK_Q - 1) // _BLOCK_Q
     return _Launch(
         plan,
@@ -241,7 +242,7 @@ class _IndexedVMoBA(torch.autograd.Function):
         _dkdv_kernel[(launch.key_tiles[0].numel(),)](
             q, k, v, grad_out, lse, delta, token, query, k_rows, plan.cu_q, plan.cu_k,
             *launch.key_tiles, grad_k, grad_v, scale,
-            DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_BLOCK_K, num_warps=4,
+            DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_KEY_TILE, num_warps=8,  # two fp32 [128, D] sums
         )
         grad_q = torch.zeros(lse.numel(), dim, dtype=torch.float32, device=q.device)
         for c in plan.chunks:
