@@ -42,14 +42,18 @@ _BLOCK_K = 64  # key rows per step of the forward / dq loop
 _KEY_TILE = 128  # key rows per dk/dv program (as FA2's backward: fewer re-reads of q and dO)
 
 
-def _tiles(counts: torch.Tensor, first: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiles of ``size`` rows over segments of ``counts`` rows starting at ``first`` (CPU):
-    ``[T]`` segment and ``[T]`` first row of each tile, segments in order."""
+def _tiles(
+    counts: torch.Tensor, first: torch.Tensor, size: int, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiles of ``size`` rows over segments of ``counts`` rows starting at ``first``, on their
+    device without a host sync (``total``, the number of tiles, comes from the host):
+    ``[total]`` int32 segment and first row of each tile, segments in order."""
     per_segment = (counts + size - 1) // size
-    segment = torch.repeat_interleave(torch.arange(counts.numel()), per_segment)
+    segments = torch.arange(counts.numel(), device=counts.device)
+    segment = torch.repeat_interleave(segments, per_segment, output_size=total)
     before = torch.cumsum(per_segment, 0) - per_segment
-    start = first[segment] + (torch.arange(segment.numel()) - before[segment]) * size
-    return segment.int(), start.int()
+    rank = torch.arange(total, device=counts.device) - before[segment]
+    return segment.int(), (first[segment] + rank * size).int()
 
 
 if triton is not None:
@@ -179,22 +183,19 @@ class _Launch:
         return first, self.first_query_tile[chunk.seg1] - first
 
 
-def _launch(plan: varlen.SegmentPlan, partition: BlockPartition, groups: int, device) -> _Launch:
-    """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs."""
-    key_counts = partition.block_sizes.cpu().repeat(groups)
-    query_tiles = _tiles(plan.counts, _starts(plan.counts), _BLOCK_Q)
-    key_tiles = _tiles(key_counts, _starts(key_counts), _KEY_TILE)
-    per_segment = (plan.counts + _BLOCK_Q - 1) // _BLOCK_Q
+def _launch(plan: varlen.SegmentPlan, partition: BlockPartition, groups: int) -> _Launch:
+    """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs. Tile counts come from
+    the host copies (the plan's segment sizes, the CPU partition's block sizes)."""
+    first_query_tile = torch.cumsum((plan.counts + _BLOCK_Q - 1) // _BLOCK_Q, 0).tolist()
+    key_tiles = int((partition.block_sizes + _KEY_TILE - 1).div(_KEY_TILE, rounding_mode="floor")
+                    .sum()) * groups
+    block_sizes = partition.on(plan.cu_k.device).block_sizes
     return _Launch(
         plan,
-        tuple(t.to(device) for t in query_tiles),
-        tuple(t.to(device) for t in key_tiles),
-        [0, *torch.cumsum(per_segment, 0).tolist()],
+        _tiles(plan.cu_q.diff(), plan.cu_q[:-1], _BLOCK_Q, first_query_tile[-1]),
+        _tiles(block_sizes.repeat(groups), plan.cu_k[:-1], _KEY_TILE, key_tiles),
+        [0, *first_query_tile],
     )
-
-
-def _starts(counts: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(counts, 0) - counts
 
 
 class _IndexedVMoBA(torch.autograd.Function):
@@ -275,5 +276,5 @@ def indexed_attention(
     batch, _, heads, _ = q.shape
     q, k, v = (x.contiguous() for x in (q, k, v))
     plan = varlen.plan_segments(keep, partition, varlen.ROW_BUDGET)
-    launch = _launch(plan, partition, batch * heads, q.device)
+    launch = _launch(plan, partition, batch * heads)
     return _IndexedVMoBA.apply(q, k, v, launch, partition.on(q.device).perm)
