@@ -37,7 +37,7 @@ def test_plan_packs_each_sample_head_block_with_its_queries_in_bounded_chunks():
         assert before.seg1 == after.seg0 and before.row1 == after.row0
     for c in plan.chunks:
         rows = plan.rows[c.row0 : c.row1]
-        assert c.row1 - c.row0 <= 150 or c.seg1 - c.seg0 == 1
+        assert c.row1 - c.row0 + c.key1 - c.key0 <= 150 or c.seg1 - c.seg0 == 1
         assert c.dst0 <= int(rows.min()) and int(rows.max()) < c.dst1
         assert (c.key0, c.key1) == (int(plan.cu_k[c.seg0]), int(plan.cu_k[c.seg1]))
         counts = plan.cu_q[c.seg0 + 1 : c.seg1 + 1] - plan.cu_q[c.seg0 : c.seg1]

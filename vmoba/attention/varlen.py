@@ -30,9 +30,11 @@ from vmoba.attention.partition import BlockPartition
 from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
 
 ROW_BUDGET = 1 << 19
-"""Packed query rows per kernel call. The backward of a chunk holds about ``12 * D`` bytes per
-row (re-gathered q, grad and output, FA2's float32 dq accumulator, dq): 0.75 GiB at D = 128.
-Smaller budgets save memory but cut the backward kernel's parallelism (key tiles x segments)."""
+"""Packed query rows plus key rows per kernel call. The backward of a chunk holds about
+``12 * D`` bytes per query row (re-gathered q, grad and output, FA2's float32 dq accumulator, dq)
+and ``8 * D`` per key row (gathered k and v, dk, dv): at most 0.75 GiB at D = 128. Keys count
+because 1D layers' large blocks put ~300K key rows in a chunk of 2^19 query rows (1.31 GiB extra
+at 55K, session 3). Smaller budgets save memory but cut the backward kernel's parallelism."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class SegmentPlan:
         (raster token order), queries ascending within a segment.
     cu_q, cu_k: ``[B * H * N + 1]`` int32 offsets of each segment's queries in the packed rows and
         of its keys in the ``[B * H * S]`` block-ordered keys.
-    chunks: runs of segments of at most ``ROW_BUDGET`` rows (a longer segment runs alone).
+    chunks: runs of segments of at most ``ROW_BUDGET`` query plus key rows (a longer segment runs
+        alone).
     max_k: the largest block (host int; the kernels need it).
     counts: ``[B * H * N]`` int64 on the CPU, the queries of each segment.
     """
@@ -76,7 +79,7 @@ def _chunks(counts: list[int], cu_k: list[int], blocks: int, tokens: int, budget
     cu_q = [0, *itertools.accumulate(counts)]
     bounds, start = [], 0
     for seg in range(1, len(counts)):
-        if cu_q[seg + 1] - cu_q[start] > budget:
+        if cu_q[seg + 1] - cu_q[start] + cu_k[seg + 1] - cu_k[start] > budget:
             bounds.append((start, seg))
             start = seg
     bounds.append((start, len(counts)))
