@@ -269,8 +269,8 @@ def indexed_attention(
     partition: BlockPartition,
 ) -> torch.Tensor:
     """VMoBA attention on the index-reading Triton kernels. Arguments, shapes and result as
-    :func:`vmoba.attention.reference.reference_attention`; float16/bfloat16 CUDA tensors (any
-    float dtype under Triton's CPU interpreter), head dim a power of two from 16 to 128."""
+    :func:`vmoba.attention.reference.reference_attention`; float16/bfloat16 CUDA tensors (float32
+    CPU tensors under Triton's interpreter, for tests), head dim a power of two from 16 to 128."""
     if triton is None:
         raise RuntimeError("the indexed backend needs Triton")
     batch, _, heads, _ = q.shape
