@@ -59,6 +59,12 @@ def _tiles(
 if triton is not None:
 
     @triton.jit
+    def _rows(ptr, index, live, DIM: tl.constexpr):
+        """Rows ``index`` (int64 ``[R]``) of a ``[*, DIM]`` tensor; zeros where not ``live``."""
+        dims = tl.arange(0, DIM)
+        return tl.load(ptr + index[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
+
+    @triton.jit
     def _forward_kernel(
         q_ptr, k_ptr, v_ptr, token_ptr, key_ptr, cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr,
         out_ptr, lse_ptr, tile0, row0, scale,
@@ -70,7 +76,7 @@ if triton is not None:
         live = rows < tl.load(cu_q_ptr + seg + 1)
         dims = tl.arange(0, DIM)
         token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
-        q = tl.load(q_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
+        q = _rows(q_ptr, token, live, DIM)
         peak = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
         norm = tl.zeros([BLOCK_Q], dtype=tl.float32)
         acc = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
@@ -79,8 +85,8 @@ if triton is not None:
             keys = first + tl.arange(0, BLOCK_K)
             valid = keys < key_end
             key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
-            k = tl.load(k_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
-            v = tl.load(v_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+            k = _rows(k_ptr, key, valid, DIM)
+            v = _rows(v_ptr, key, valid, DIM)
             scores = tl.dot(q, tl.trans(k)) * scale
             scores = tl.where(valid[None, :], scores, float("-inf"))
             new_peak = tl.maximum(peak, tl.max(scores, axis=1))
@@ -107,8 +113,8 @@ if triton is not None:
         valid = keys < tl.load(cu_k_ptr + seg + 1)
         dims = tl.arange(0, DIM)
         key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
-        k = tl.load(k_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+        k = _rows(k_ptr, key, valid, DIM)
+        v = _rows(v_ptr, key, valid, DIM)
         dk = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
         row_end = tl.load(cu_q_ptr + seg + 1)
@@ -117,9 +123,8 @@ if triton is not None:
             live = rows < row_end
             token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
             query = tl.load(query_ptr + rows, mask=live, other=0).to(tl.int64)
-            q = tl.load(q_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
-            do = tl.load(grad_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None],
-                         other=0.0)
+            q = _rows(q_ptr, token, live, DIM)
+            do = _rows(grad_ptr, token, live, DIM)
             lse = tl.load(lse_ptr + query, mask=live, other=0.0)
             delta = tl.load(delta_ptr + token, mask=live, other=0.0)
             # rows past the segment load as zeros (q, do, lse, delta): they add nothing below
@@ -144,8 +149,8 @@ if triton is not None:
         dims = tl.arange(0, DIM)
         token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
         query = tl.load(query_ptr + rows, mask=live, other=0).to(tl.int64)
-        q = tl.load(q_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
-        do = tl.load(grad_ptr + token[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
+        q = _rows(q_ptr, token, live, DIM)
+        do = _rows(grad_ptr, token, live, DIM)
         lse = tl.load(lse_ptr + query, mask=live, other=0.0)
         delta = tl.load(delta_ptr + token, mask=live, other=0.0)
         dq = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
@@ -154,8 +159,8 @@ if triton is not None:
             keys = first + tl.arange(0, BLOCK_K)
             valid = keys < key_end
             key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
-            k = tl.load(k_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
-            v = tl.load(v_ptr + key[:, None] * DIM + dims[None, :], mask=valid[:, None], other=0.0)
+            k = _rows(k_ptr, key, valid, DIM)
+            v = _rows(v_ptr, key, valid, DIM)
             # keys past the block load as zeros: their columns add nothing to dq
             probs = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
             dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
@@ -187,8 +192,7 @@ def _launch(plan: varlen.SegmentPlan, partition: BlockPartition, groups: int) ->
     """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs. Tile counts come from
     the host copies (the plan's segment sizes, the CPU partition's block sizes)."""
     first_query_tile = torch.cumsum((plan.counts + _BLOCK_Q - 1) // _BLOCK_Q, 0).tolist()
-    key_tiles = int((partition.block_sizes + _KEY_TILE - 1).div(_KEY_TILE, rounding_mode="floor")
-                    .sum()) * groups
+    key_tiles = int(((partition.block_sizes + _KEY_TILE - 1) // _KEY_TILE).sum()) * groups
     block_sizes = partition.on(plan.cu_k.device).block_sizes
     return _Launch(
         plan,

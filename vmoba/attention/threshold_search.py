@@ -104,6 +104,15 @@ if triton is not None:
         return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
     @triton.jit
+    def _load_entries(gates_ptr, self_ptr, self_pool_stride, pool, cols, entries):
+        """Gates, their order keys, self flags and in-bounds flags of one pool's entries ``cols``."""
+        valid = cols < entries
+        g = tl.load(gates_ptr + pool.to(tl.int64) * entries + cols, mask=valid, other=0.0)
+        is_self = tl.load(self_ptr + pool.to(tl.int64) * self_pool_stride + cols, mask=valid,
+                          other=True) != 0
+        return g, _order_keys(g), is_self, valid
+
+    @triton.jit
     def _candidate_masses_kernel(
         gates_ptr, self_ptr, self_pool_stride, low_ptr, cands_ptr, mass_ptr, count_ptr,
         entries, chunk, parts,
@@ -118,13 +127,10 @@ if triton is not None:
         count = tl.zeros([BLOCK, NUM_CANDS], dtype=tl.int32)
         start = part * chunk
         for offset in range(start, start + chunk, BLOCK):
-            cols = offset + tl.arange(0, BLOCK)
-            valid = cols < entries
-            g = tl.load(gates_ptr + pool.to(tl.int64) * entries + cols, mask=valid, other=0.0)
-            is_self = tl.load(self_ptr + pool.to(tl.int64) * self_pool_stride + cols, mask=valid,
-                              other=True)
-            counted = valid & (is_self == 0)
-            hit = (_order_keys(g)[:, None] >= cands[None, :]) & counted[:, None]
+            g, keys, is_self, valid = _load_entries(
+                gates_ptr, self_ptr, self_pool_stride, pool, offset + tl.arange(0, BLOCK), entries
+            )
+            hit = (keys[:, None] >= cands[None, :]) & (valid & ~is_self)[:, None]
             mass += tl.where(hit, (g.to(tl.float64) - low)[:, None], 0.0)
             count += hit.to(tl.int32)
         out = (pool * parts + part) * NUM_CANDS + tl.arange(0, NUM_CANDS)
@@ -146,11 +152,9 @@ if triton is not None:
         start = part * chunk
         for offset in range(start, start + chunk, BLOCK):
             cols = offset + tl.arange(0, BLOCK)
-            valid = cols < entries
-            g = tl.load(gates_ptr + pool.to(tl.int64) * entries + cols, mask=valid, other=0.0)
-            is_self = tl.load(self_ptr + pool.to(tl.int64) * self_pool_stride + cols, mask=valid,
-                              other=True) != 0
-            keys = _order_keys(g)
+            _, keys, is_self, valid = _load_entries(
+                gates_ptr, self_ptr, self_pool_stride, pool, cols, entries
+            )
             others = valid & ~is_self
             tie = others & (keys == cut)
             rank = ties_before + tl.cumsum(tie.to(tl.int32), axis=0)
