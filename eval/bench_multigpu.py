@@ -281,6 +281,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     os.environ.update(NO_NVLINK_MULTICAST)  # before any process group exists
+    # Long videos allocate transients of tens of GiB (a 3D layer's gates at 663K tokens: 25.6 GiB
+    # per Ulysses rank); without expandable segments 34 GiB sat reserved but unusable there.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if args.tiny:
         model, frames, long_frames = Model(TINY_WAN, TINY, text_tokens=12), 4, [16]
     else:

@@ -132,11 +132,11 @@ def measure(setting: Setting, attention: str, steps: int, backend: str = "auto")
 
 
 def markdown(records: list[dict]) -> str:
-    lines = ["| setting | tokens | attention | step s | peak GiB | density | speedup vs full |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | tokens | attention | backend | step s | peak GiB | density | speedup vs full |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in records:
         full = next(f for f in records if f["tokens"] == r["tokens"] and f["attention"] == "full")
-        lines.append(f"| {r['setting']} | {r['tokens']} | {r['attention']} | {r['step_s']:.2f} | "
+        lines.append(f"| {r['setting']} | {r['tokens']} | {r['attention']} | {r['backend'] or '-'} | {r['step_s']:.2f} | "
                      f"{r['peak_mem_gib']:.1f} | {r['density']:.3f} | {full['step_s'] / r['step_s']:.2f}x |")
     return "\n".join(lines) + "\n"
 
@@ -149,12 +149,15 @@ def main() -> None:
         "--tokens", type=int, nargs="+", default=[s.tokens for s in SETTINGS],
         choices=[s.tokens for s in SETTINGS], help="settings to run, by token count",
     )
-    parser.add_argument("--backend", default="auto", help="VMoBA's attention backend")
+    parser.add_argument(
+        "--backends", nargs="+", default=["auto"], help="VMoBA's attention backends, one run each"
+    )
     args = parser.parse_args()
     records = []
     for setting in (s for s in SETTINGS if s.tokens in args.tokens):
-        for attention in ("full", "vmoba"):
-            records.append(measure(setting, attention, args.steps, args.backend))
+        runs = [("full", "auto"), *(("vmoba", backend) for backend in args.backends)]
+        for attention, backend in runs:
+            records.append(measure(setting, attention, args.steps, backend))
             print(json.dumps(records[-1]), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "train_step_h200.json").write_text(json.dumps(records, indent=1) + "\n")
@@ -162,7 +165,7 @@ def main() -> None:
     (args.out_dir / "train_step_h200.md").write_text(
         "# One Wan 2.1 1.3B training step, full attention vs VMoBA (threshold + head_global, tau "
         f"0.25)\n\nCommand: `python -m eval.bench_train_step --steps {args.steps} --tokens "
-        f"{' '.join(map(str, args.tokens))} --backend {args.backend}`\n\n" + table
+        f"{' '.join(map(str, args.tokens))} --backends {' '.join(args.backends)}`\n\n" + table
     )
     print(table)
 

@@ -131,13 +131,15 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
 
     if not dist.is_available() or not dist.is_backend_available(backend):
         pytest.skip(f"torch.distributed with the {backend} backend is unavailable")
-    _start_forkserver(fn.__module__)
+    # The fork server imports the test module, which may touch CUDA: NCCL ranks spawn instead.
+    if backend != "nccl":
+        _start_forkserver(fn.__module__)
     context = mp.start_processes(
         _worker,
         args=(world_size, backend, free_port(), fn, args),
         nprocs=world_size,
         join=False,
-        start_method="forkserver",
+        start_method="spawn" if backend == "nccl" else "forkserver",
     )
     deadline = time.monotonic() + timeout
     while not context.join(timeout=max(0.0, deadline - time.monotonic())):

@@ -7,10 +7,10 @@ in the backward, its gradient and output too): 21% of a 2D layer at 55K tokens o
 (``eval/results/attention_h200_profile_55k_2d.txt``). These kernels load the rows they need
 straight from ``[B, S, H, D]`` by index:
 
-- forward: one program per 64-query tile of a segment, online softmax over the block's keys;
+- forward: one program per query tile of a segment, online softmax over the block's keys;
   it writes the tile's partial output and log-sum-exp, merged per query as in ``varlen``
   (in chunks of at most ``varlen.ROW_BUDGET`` packed rows, the partials' memory).
-- backward, dk/dv: one program per 128-key tile of a segment, over all the segment's queries,
+- backward, dk/dv: one program per key tile of a segment, over all the segment's queries,
   with the merged log-sum-exp (exact, as FA2's varlen backward given the merged statistics).
   Keys are disjoint across segments, so all segments run in one launch, with no chunks.
 - backward, dq: one program per query tile (chunked like the forward), summed per query.
@@ -37,9 +37,31 @@ try:
 except ImportError:  # CPU-only installs: the backend is unavailable
     triton = None
 
-_BLOCK_Q = 64  # query rows per forward / dq program, and per step of the dk/dv loop
-_BLOCK_K = 64  # key rows per step of the forward / dq loop
-_KEY_TILE = 128  # key rows per dk/dv program (as FA2's backward: fewer re-reads of q and dO)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One kernel's inner loop: ``step`` rows per iteration (keys in the forward and dq, queries
+    in dk/dv), ``warps`` per program, ``stages`` of software pipelining of its loads."""
+
+    step: int
+    warps: int
+    stages: int
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Launch shapes of the three kernels (``eval/tune_indexed.py`` times alternatives):
+    ``query_tile`` query rows per forward / dq program, ``key_tile`` key rows per dk/dv program."""
+
+    query_tile: int = 64
+    key_tile: int = 64
+    forward: Loop = Loop(32, 4, 3)
+    dkdv: Loop = Loop(64, 4, 2)
+    dq: Loop = Loop(32, 4, 3)
+
+
+TILES = Tiles()
 
 
 def _tiles(
@@ -178,6 +200,7 @@ class _Launch:
     """
 
     plan: varlen.SegmentPlan
+    tiles: Tiles
     query_tiles: tuple[torch.Tensor, torch.Tensor]
     key_tiles: tuple[torch.Tensor, torch.Tensor]
     first_query_tile: list[int]
@@ -188,16 +211,20 @@ class _Launch:
         return first, self.first_query_tile[chunk.seg1] - first
 
 
-def _launch(plan: varlen.SegmentPlan, partition: BlockPartition, groups: int) -> _Launch:
+def _launch(
+    plan: varlen.SegmentPlan, partition: BlockPartition, groups: int, tiles: Tiles
+) -> _Launch:
     """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs. Tile counts come from
     the host copies (the plan's segment sizes, the CPU partition's block sizes)."""
-    first_query_tile = torch.cumsum((plan.counts + _BLOCK_Q - 1) // _BLOCK_Q, 0).tolist()
-    key_tiles = int(((partition.block_sizes + _KEY_TILE - 1) // _KEY_TILE).sum()) * groups
+    size_q, size_k = tiles.query_tile, tiles.key_tile
+    first_query_tile = torch.cumsum((plan.counts + size_q - 1) // size_q, 0).tolist()
+    key_tiles = int(((partition.block_sizes + size_k - 1) // size_k).sum()) * groups
     block_sizes = partition.on(plan.cu_k.device).block_sizes
     return _Launch(
         plan,
-        _tiles(plan.cu_q.diff(), plan.cu_q[:-1], _BLOCK_Q, first_query_tile[-1]),
-        _tiles(block_sizes.repeat(groups), plan.cu_k[:-1], _KEY_TILE, key_tiles),
+        tiles,
+        _tiles(plan.cu_q.diff(), plan.cu_q[:-1], size_q, first_query_tile[-1]),
+        _tiles(block_sizes.repeat(groups), plan.cu_k[:-1], size_k, key_tiles),
         [0, *first_query_tile],
     )
 
@@ -208,7 +235,7 @@ class _IndexedVMoBA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, launch: _Launch, perm: torch.Tensor):
         batch, _, heads, dim = q.shape
-        plan = launch.plan
+        plan, t = launch.plan, launch.tiles
         q_rows, k_rows = varlen.row_indices(batch, heads, perm)
         token = q_rows[plan.rows].int()  # [total] row of each packed query in [B*S*H, D]
         query = plan.rows.int()  # [total] its index in head-major [B*H*S]
@@ -224,7 +251,8 @@ class _IndexedVMoBA(torch.autograd.Function):
             _forward_kernel[(tiles,)](
                 q, k, v, token, k_rows, plan.cu_q, plan.cu_k, *launch.query_tiles, part,
                 part_lse, tile0, c.row0, scale,
-                DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_BLOCK_K, num_warps=4,
+                DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.forward.step,
+                num_warps=t.forward.warps, num_stages=t.forward.stages,
             )
             merge_by_lse_into(
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part, part_lse,
@@ -239,7 +267,7 @@ class _IndexedVMoBA(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse, token, query, k_rows = ctx.saved_tensors
         launch, scale = ctx.launch, ctx.scale
-        plan = launch.plan
+        plan, t = launch.plan, launch.tiles
         batch, _, heads, dim = q.shape
         grad_out = grad_out.contiguous()
         delta = (grad_out.float() * out.float()).sum(-1).flatten()  # [B*S*H] rowsum(dO * O)
@@ -247,7 +275,8 @@ class _IndexedVMoBA(torch.autograd.Function):
         _dkdv_kernel[(launch.key_tiles[0].numel(),)](
             q, k, v, grad_out, lse, delta, token, query, k_rows, plan.cu_q, plan.cu_k,
             *launch.key_tiles, grad_k, grad_v, scale,
-            DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_KEY_TILE, num_warps=8,  # two fp32 [128, D] sums
+            DIM=dim, BLOCK_Q=t.dkdv.step, BLOCK_K=t.key_tile,
+            num_warps=t.dkdv.warps, num_stages=t.dkdv.stages,
         )
         grad_q = torch.zeros(lse.numel(), dim, dtype=torch.float32, device=q.device)
         for c in plan.chunks:
@@ -258,7 +287,8 @@ class _IndexedVMoBA(torch.autograd.Function):
             _dq_kernel[(tiles,)](
                 q, k, v, grad_out, lse, delta, token, query, k_rows, plan.cu_q, plan.cu_k,
                 *launch.query_tiles, dq, tile0, c.row0, scale,
-                DIM=dim, BLOCK_Q=_BLOCK_Q, BLOCK_K=_BLOCK_K, num_warps=4,
+                DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.dq.step,
+                num_warps=t.dq.warps, num_stages=t.dq.stages,
             )
             sum_into(grad_q[c.dst0 : c.dst1], dq, plan.rows[c.row0 : c.row1] - c.dst0)
         grad_q = varlen.token_major(grad_q, batch, heads, q.dtype)
@@ -280,5 +310,5 @@ def indexed_attention(
     batch, _, heads, _ = q.shape
     q, k, v = (x.contiguous() for x in (q, k, v))
     plan = varlen.plan_segments(keep, partition, varlen.ROW_BUDGET)
-    launch = _launch(plan, partition, batch * heads)
+    launch = _launch(plan, partition, batch * heads, TILES)
     return _IndexedVMoBA.apply(q, k, v, launch, partition.on(q.device).perm)
