@@ -272,6 +272,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     parser.add_argument("--long-steps", type=int, default=1)
     parser.add_argument(
+        "--long-strategies",
+        nargs="+",
+        choices=("single", "ulysses"),
+        default=["single", "ulysses"],
+        help="of the long runs",
+    )
+    parser.add_argument(
         "--long-warmup",
         type=int,
         default=WARMUP_STEPS,
@@ -295,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     runs += [
         Run(s, 1 if s == "single" else args.gpus, f, args.long_steps, args.long_warmup)
         for f in long_frames
-        for s in ("single", "ulysses")
+        for s in args.long_strategies
     ]
     common = dict(
         date=datetime.date.today().isoformat(),
