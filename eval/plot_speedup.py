@@ -25,31 +25,23 @@ def plot(records: list[dict], out: Path) -> None:
             ("fwd_bwd_ms", "dense_cudnn_fwd_bwd_ms", "forward + backward"),
         ],
     ):
-        for backend in sorted({r["backend"] for r in records}):
+        for style, backend in zip(("-", "--", ":", "-."), sorted({r["backend"] for r in records})):
             rows = [r for r in records if r["backend"] == backend]
-            lengths = sorted({r["tokens"] for r in rows})
             for kind in ("1d", "2d", "3d"):
                 per = {r["tokens"]: r[dense_key] / r[key] for r in rows if r["layer_kind"] == kind}
-                ax.plot(
-                    lengths,
-                    [per[n] for n in lengths],
-                    marker="o",
-                    alpha=0.6,
-                    label=f"{backend} {kind}",
-                )
+                lengths = sorted(per)
+                ax.plot(lengths, [per[n] for n in lengths], marker="o", alpha=0.6,
+                        linestyle=style, label=f"{backend} {kind}")
+            # the cycle only where all three kinds were measured
+            full = sorted(n for n in {r["tokens"] for r in rows}
+                          if sum(r["tokens"] == n for r in rows) == 3)
             cycle = [
                 sum(r[dense_key] for r in rows if r["tokens"] == n)
                 / sum(r[key] for r in rows if r["tokens"] == n)
-                for n in lengths
+                for n in full
             ]
-            ax.plot(
-                lengths,
-                cycle,
-                marker="s",
-                linewidth=2.5,
-                color="black",
-                label=f"{backend} 1D+2D+3D cycle",
-            )
+            ax.plot(full, cycle, marker="s", linewidth=2.5, color="black", linestyle=style,
+                    label=f"{backend} 1D+2D+3D cycle")
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_title(f"{title}: dense cuDNN time / VMoBA time")
         ax.set_xlabel("video tokens")
