@@ -147,3 +147,26 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
             for process in context.processes:
                 process.kill()
             raise TimeoutError(f"{world_size} {backend} processes still running after {timeout} s")
+
+
+INTERPRETED = __import__("os").environ.get("TRITON_INTERPRET") == "1"
+"""This process runs Triton kernels on the CPU, in Triton's interpreter."""
+
+
+def run_interpreted(test_file: str, keyword: str, expected: int) -> None:
+    """Run the tests of ``test_file`` matching ``keyword`` in a child pytest under
+    ``TRITON_INTERPRET=1`` (Triton reads it at import) and require ``expected`` of them to pass,
+    none skipped."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k", keyword],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"{expected} passed" in result.stdout, result.stdout[-2000:]

@@ -2,18 +2,13 @@
 interpreter (``TRITON_INTERPRET=1``, set for a child pytest by the last test). On a GPU,
 ``tests/test_gpu.py`` covers the backend in bf16/fp16 with every other CUDA backend."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from helpers import random_qkv, rel_error
+from helpers import INTERPRETED, random_qkv, rel_error, run_interpreted
 
 from vmoba.attention import varlen, vmoba_attention
 from vmoba.attention.indexed import triton
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MODES = [("threshold", "head_global", None), ("topk", "query_head", 2), ("threshold", "block", None)]
 LAYOUTS = {  # (grid, block): ragged for every kind; "long": blocks of 160 and 80 keys, so the
     "1d": ((3, 5, 6), 2),  # kernels loop over several key steps and split blocks into key tiles
@@ -50,13 +45,4 @@ def test_indexed_matches_reference_interpreted(select, scope, topk, kind, monkey
 
 @pytest.mark.skipif(INTERPRETED or triton is None, reason="needs Triton; is the child run")
 def test_indexed_kernels_in_triton_interpreter():
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "interpreted"],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "12 passed" in result.stdout, result.stdout[-2000:]  # none skipped
+    run_interpreted(__file__, "interpreted", expected=12)

@@ -9,8 +9,9 @@ from vmoba.attention import (
     block_partition,
     kept_density,
     select_blocks,
+    vmoba_selection,
 )
-from vmoba.attention import selection
+from vmoba.attention import api, selection
 
 MODES = [
     ("topk", "query_head", 0.25, 2),
@@ -62,3 +63,27 @@ def test_topk_head_global_keeps_k_blocks_per_query_on_average():
     )
     assert keep.sum(dim=(2, 3)).tolist() == [[3 * 192, 3 * 192]]
     assert keep.sum(-1).min() >= 1 and keep.sum(-1).max() > 3  # some queries get many blocks
+
+
+@pytest.mark.parametrize("heads_per_group", [1, 2])
+@pytest.mark.parametrize("select,scope,threshold,topk", MODES)
+def test_selection_in_head_groups_matches_naive(
+    select, scope, threshold, topk, heads_per_group, monkeypatch
+):
+    """Long videos select in groups of heads (3 heads: groups of 1, or of 2 and 1); the mask is
+    the same, and scopes whose pools span heads are never split."""
+    grid, block = (5, 7, 6), (2, 3, 4)
+    tokens = grid[0] * grid[1] * grid[2]
+    part = block_partition(grid, block)
+    monkeypatch.setattr(api, "SELECTION_ENTRIES", heads_per_group * 2 * tokens * part.num_blocks)
+    groups = api.head_groups(2, tokens, 3, part.num_blocks, scope)
+    split = scope in ("query_head", "head_global")
+    assert len(groups) == ((3 + heads_per_group - 1) // heads_per_group if split else 1)
+    q, k, _ = random_qkv(2, tokens, 3, 16, seed=12, grad=False)
+    config = SelectionConfig(select, scope, threshold, topk)
+    _, keep = vmoba_selection(q, k, grid=grid, block=block, config=config)
+    gates = block_gates(q, k, part)
+    blocks = naive_blocks(grid, block)
+    assert torch.equal(
+        keep, naive_keep(gates, naive_block_of(blocks), select, scope, threshold, topk)
+    )

@@ -1,10 +1,12 @@
 import pytest
 import torch
+from helpers import INTERPRETED, run_interpreted
 
-from vmoba.attention import selection
+from vmoba.attention import selection, threshold_search
 from vmoba.attention.selection import SelectionConfig
 from vmoba.attention.threshold_search import (
     CANDIDATES,
+    triton,
     candidate_masses,
     candidate_masses_torch,
     key_values,
@@ -92,3 +94,28 @@ def test_search_kernels_keep_what_the_sort_keeps(kind, tau):
     expected = selection._select_in_pools(gates, is_self, config)
     low, target = selection._threshold_target(gates.cuda(), is_self.cuda(), tau)
     assert torch.equal(search_keep(gates.cuda(), is_self.cuda(), low, target).cpu(), expected)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 (see the last test)")
+@pytest.mark.parametrize("kind", ["random", "ties", "constant", "self_only"])
+@pytest.mark.parametrize("tau", [0.0, 0.25])
+def test_search_kernels_interpreted_keep_what_the_sort_keeps(kind, tau, monkeypatch):
+    """The Triton kernels on the CPU: pools of ~6K entries in 2 parts, so ties cross parts."""
+    monkeypatch.setattr(threshold_search, "search_available", lambda pools: True)
+    gates, is_self = _pools(kind, torch.Generator().manual_seed(4))
+    gates, is_self = gates.repeat(1, 8), is_self.repeat(1, 8)
+    assert threshold_search._split(*gates.shape)[0] == 2
+    config = SelectionConfig("threshold", "head_global", threshold=tau)
+    expected = selection._select_in_pools(gates, is_self, config)
+    low, target = selection._threshold_target(gates, is_self, tau)
+    assert torch.equal(search_keep(gates, is_self, low, target), expected)
+    cands = order_keys(gates[:, :: gates.shape[1] // CANDIDATES][:, :CANDIDATES]).contiguous()
+    mass, count = (x.sum(1) for x in candidate_masses(gates, is_self, low, cands))
+    ref_mass, ref_count = (x.sum(1) for x in candidate_masses_torch(gates, is_self, low, cands))
+    assert torch.equal(count.long(), ref_count)
+    torch.testing.assert_close(mass, ref_mass, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.skipif(INTERPRETED or triton is None, reason="needs Triton; is the child run")
+def test_search_kernels_in_triton_interpreter():
+    run_interpreted(__file__, "interpreted", expected=8)

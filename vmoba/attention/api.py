@@ -55,6 +55,24 @@ def _compiled_gates_and_selection():  # built on first use: importing dynamo tak
     return torch.compile(_gates_and_selection, dynamic=False)
 
 
+SELECTION_ENTRIES = 1 << 28
+"""Gate entries (``B * heads * S * N``) that gates and selection hold at once. With blocks of a
+fixed size ``N`` grows with ``S``, so a layer's entries grow as ``S^2``: 5.4e9 for a 3D layer at
+589,824 tokens, whose 8-byte temporaries (40.5 GiB) ran one H200 out of memory. Above this many,
+rules whose pools stay within one head (``query_head``, ``head_global``) select in groups of
+heads, which gives the same mask with temporaries bounded by the group."""
+
+
+def head_groups(batch: int, tokens: int, heads: int, blocks: int, scope: Scope) -> list[slice]:
+    """The head slices selection runs in: all heads at once, or groups of at most
+    :data:`SELECTION_ENTRIES` entries (one head at least) where pools stay within a head."""
+    per_head = batch * tokens * blocks
+    if scope not in ("query_head", "head_global") or per_head * heads <= SELECTION_ENTRIES:
+        return [slice(0, heads)]
+    size = max(1, SELECTION_ENTRIES // per_head)
+    return [slice(h, min(h + size, heads)) for h in range(0, heads, size)]
+
+
 def vmoba_selection(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -65,10 +83,20 @@ def vmoba_selection(
 ) -> tuple[BlockPartition, torch.Tensor]:
     """The partition and keep mask ``[B, H, S, N]`` that :func:`vmoba_attention` attends with."""
     partition = block_partition(grid, block)
-    _check_grid(partition.grid, q.shape[1])
+    batch, tokens, heads, _ = q.shape
+    _check_grid(partition.grid, tokens)
     compiled = COMPILE_SELECTION and q.is_cuda and not torch.compiler.is_compiling()
     select = _compiled_gates_and_selection() if compiled else _gates_and_selection
-    return partition, select(q, k, partition.on(q.device), config)
+    part = partition.on(q.device)
+    groups = head_groups(batch, tokens, heads, partition.num_blocks, config.scope)
+    if len(groups) == 1:
+        return partition, select(q, k, part, config)
+    keep = torch.empty(
+        batch, heads, tokens, partition.num_blocks, dtype=torch.bool, device=q.device
+    )
+    for group in groups:
+        keep[:, group] = select(q[:, :, group], k[:, :, group], part, config)
+    return partition, keep
 
 
 def vmoba_attention(
