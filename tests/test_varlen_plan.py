@@ -14,9 +14,14 @@ from vmoba.attention.fa2_varlen import flash_attn_kernels
 from vmoba.attention.segment_merge import merge_by_lse_into, rows_by_destination, sum_into
 
 
-def test_plan_packs_each_sample_head_block_with_its_queries_in_bounded_chunks():
+@pytest.mark.parametrize("pairs_at_once", [6, 4, 1], ids=["all", "ragged_groups", "one"])
+def test_plan_packs_each_sample_head_block_with_its_queries_in_bounded_chunks(
+    pairs_at_once, monkeypatch
+):
     part = block_partition((5, 7, 6), (2, 3, 4))  # ragged, 18 blocks
     batch, heads, tokens, blocks = 2, 3, 210, part.num_blocks
+    # long videos find the packed rows a few (sample, head) pairs at a time
+    monkeypatch.setattr(varlen_module, "PLAN_ENTRIES", pairs_at_once * tokens * blocks)
     keep = torch.rand(batch, heads, tokens, blocks, generator=torch.Generator().manual_seed(0)) < 0.3
     plan = varlen_module.plan_segments(keep, part, budget=150)
     seg = 0

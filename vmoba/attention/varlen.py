@@ -90,19 +90,32 @@ def _chunks(counts: list[int], cu_k: list[int], blocks: int, tokens: int, budget
     )
 
 
+PLAN_ENTRIES = 1 << 28
+"""Keep-mask entries whose packed rows :func:`plan_segments` finds at once. The search's int64
+temporaries take ~16 bytes per kept entry, and kept entries grow as ``S^2`` with blocks of a
+fixed size (1.1e9 for a 3D layer at 589,824 tokens); in groups of (sample, head) pairs they stay
+bounded, and only the plan's own ``rows`` is as large."""
+
+
 def plan_segments(keep: torch.Tensor, partition: BlockPartition, budget: int) -> SegmentPlan:
-    """Segments of ``keep`` ``[B, H, S, N]``; syncs with the host once (the packed row count)."""
+    """Segments of ``keep`` ``[B, H, S, N]``; syncs with the host to size the packed rows."""
     batch, heads, tokens, blocks = keep.shape
-    by_block = keep.permute(0, 1, 3, 2).reshape(-1, tokens)  # [B*H*N, S]
-    seg, query = by_block.nonzero(as_tuple=True)
-    rows = (seg // blocks) * tokens + query
-    counts = by_block.sum(-1)
+    by_pair = keep.reshape(batch * heads, tokens, blocks)
+    step = max(1, PLAN_ENTRIES // (tokens * blocks))
+    groups = [(p0, min(p0 + step, batch * heads)) for p0 in range(0, batch * heads, step)]
+    # [B*H*N] queries per segment, segments in (b, h, j) order
+    counts = torch.cat([by_pair[p0:p1].sum(1).flatten() for p0, p1 in groups])
     cu_q = torch.zeros(counts.numel() + 1, dtype=torch.int32, device=keep.device)
     cu_q[1:] = torch.cumsum(counts, 0)
+    counts = counts.cpu()
+    starts = [0, *itertools.accumulate(counts.tolist())]
+    rows = torch.empty(starts[-1], dtype=torch.int64, device=keep.device)
+    for p0, p1 in groups:
+        pair, _, query = by_pair[p0:p1].transpose(1, 2).nonzero(as_tuple=True)  # (pair, j, s)
+        rows[starts[p0 * blocks] : starts[p1 * blocks]] = (pair + p0) * tokens + query
     offsets = partition.block_offsets.tolist()
     cu_k = [g * tokens + o for g in range(batch * heads) for o in offsets[:-1]]
     cu_k.append(batch * heads * tokens)
-    counts = counts.cpu()
     chunks = _chunks(counts.tolist(), cu_k, blocks, tokens, budget)
     cu_k_device = torch.tensor(cu_k, dtype=torch.int32).to(keep.device, non_blocking=True)
     return SegmentPlan(rows, cu_q, cu_k_device, chunks, int(partition.block_sizes.max()), counts)
