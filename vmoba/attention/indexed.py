@@ -90,6 +90,29 @@ if triton is not None:
         return tl.load(ptr + index[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
 
     @triton.jit
+    def _key_rows(k_ptr, v_ptr, key_ptr, keys, end, DIM: tl.constexpr):
+        """Block-ordered key positions ``keys`` before ``end``: their mask, ``[B*S*H, D]`` row
+        index, and k and v rows (zeros past ``end``)."""
+        valid = keys < end
+        key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
+        return valid, key, _rows(k_ptr, key, valid, DIM), _rows(v_ptr, key, valid, DIM)
+
+    @triton.jit
+    def _query_rows(
+        q_ptr, grad_ptr, lse_ptr, delta_ptr, token_ptr, query_ptr, rows, end, DIM: tl.constexpr
+    ):
+        """Packed rows ``rows`` before ``end`` for the backward: their mask, and q, dO, merged
+        log-sum-exp and ``rowsum(dO * O)`` (zeros past ``end``)."""
+        live = rows < end
+        token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
+        query = tl.load(query_ptr + rows, mask=live, other=0).to(tl.int64)
+        q = _rows(q_ptr, token, live, DIM)
+        do = _rows(grad_ptr, token, live, DIM)
+        lse = tl.load(lse_ptr + query, mask=live, other=0.0)
+        delta = tl.load(delta_ptr + token, mask=live, other=0.0)
+        return live, q, do, lse, delta
+
+    @triton.jit
     def _forward_kernel(
         q_ptr, k_ptr, v_ptr, token_ptr, key_ptr, cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr,
         out_ptr, lse_ptr, tile0, row0, scale,
@@ -107,11 +130,9 @@ if triton is not None:
         acc = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
         key_end = tl.load(cu_k_ptr + seg + 1)
         for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
-            keys = first + tl.arange(0, BLOCK_K)
-            valid = keys < key_end
-            key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
-            k = _rows(k_ptr, key, valid, DIM)
-            v = _rows(v_ptr, key, valid, DIM)
+            valid, _, k, v = _key_rows(
+                k_ptr, v_ptr, key_ptr, first + tl.arange(0, BLOCK_K), key_end, DIM
+            )
             scores = tl.dot(q, tl.trans(k)) * scale
             scores = tl.where(valid[None, :], scores, float("-inf"))
             new_peak = tl.maximum(peak, tl.max(scores, axis=1))
@@ -135,23 +156,18 @@ if triton is not None:
         tile = tl.program_id(0)
         seg = tl.load(tile_seg_ptr + tile)
         keys = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_K)
-        valid = keys < tl.load(cu_k_ptr + seg + 1)
+        valid, key, k, v = _key_rows(
+            k_ptr, v_ptr, key_ptr, keys, tl.load(cu_k_ptr + seg + 1), DIM
+        )
         dims = tl.arange(0, DIM)
-        key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
-        k = _rows(k_ptr, key, valid, DIM)
-        v = _rows(v_ptr, key, valid, DIM)
         dk = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
         row_end = tl.load(cu_q_ptr + seg + 1)
         for first in range(tl.load(cu_q_ptr + seg), row_end, BLOCK_Q):
-            rows = first + tl.arange(0, BLOCK_Q)
-            live = rows < row_end
-            token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
-            query = tl.load(query_ptr + rows, mask=live, other=0).to(tl.int64)
-            q = _rows(q_ptr, token, live, DIM)
-            do = _rows(grad_ptr, token, live, DIM)
-            lse = tl.load(lse_ptr + query, mask=live, other=0.0)
-            delta = tl.load(delta_ptr + token, mask=live, other=0.0)
+            _, q, do, lse, delta = _query_rows(
+                q_ptr, grad_ptr, lse_ptr, delta_ptr, token_ptr, query_ptr,
+                first + tl.arange(0, BLOCK_Q), row_end, DIM,
+            )
             # rows past the segment load as zeros (q, do, lse, delta): they add nothing below
             probs = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
             dv += tl.dot(tl.trans(probs.to(do.dtype)), do)
@@ -170,22 +186,17 @@ if triton is not None:
         tile = tile0 + tl.program_id(0)
         seg = tl.load(tile_seg_ptr + tile)
         rows = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_Q)
-        live = rows < tl.load(cu_q_ptr + seg + 1)
+        live, q, do, lse, delta = _query_rows(
+            q_ptr, grad_ptr, lse_ptr, delta_ptr, token_ptr, query_ptr,
+            rows, tl.load(cu_q_ptr + seg + 1), DIM,
+        )
         dims = tl.arange(0, DIM)
-        token = tl.load(token_ptr + rows, mask=live, other=0).to(tl.int64)
-        query = tl.load(query_ptr + rows, mask=live, other=0).to(tl.int64)
-        q = _rows(q_ptr, token, live, DIM)
-        do = _rows(grad_ptr, token, live, DIM)
-        lse = tl.load(lse_ptr + query, mask=live, other=0.0)
-        delta = tl.load(delta_ptr + token, mask=live, other=0.0)
         dq = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
         key_end = tl.load(cu_k_ptr + seg + 1)
         for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
-            keys = first + tl.arange(0, BLOCK_K)
-            valid = keys < key_end
-            key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
-            k = _rows(k_ptr, key, valid, DIM)
-            v = _rows(v_ptr, key, valid, DIM)
+            _, _, k, v = _key_rows(
+                k_ptr, v_ptr, key_ptr, first + tl.arange(0, BLOCK_K), key_end, DIM
+            )
             # keys past the block load as zeros: their columns add nothing to dq
             probs = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
             dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
