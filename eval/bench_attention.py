@@ -61,6 +61,32 @@ SETTINGS = [
 ]
 
 
+def setting_of(tokens: int) -> Setting:
+    return next(s for s in SETTINGS if s.tokens == tokens)
+
+
+def layer_topk(setting: Setting, kind: str) -> Optional[int]:
+    """Blocks per query of ``kind``'s layer in a top-k setting (None for threshold)."""
+    return None if setting.topk is None else setting.topk[kind]
+
+
+def random_inputs(tokens: int, heads: int, dim: int, seed: int) -> list[torch.Tensor]:
+    """Seeded bf16 q, k, v ``[1, tokens, heads, dim]`` (leaves) and an output gradient, on CUDA."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (
+        torch.randn(1, tokens, heads, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+        .requires_grad_()
+        for _ in range(3)
+    )
+    return [q, k, v, torch.randn_like(q)]
+
+
+def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tokens`` (a setting of the sweep) and ``--kind`` (its layer) for one-layer scripts."""
+    parser.add_argument("--tokens", type=int, choices=[s.tokens for s in SETTINGS], default=55_296)
+    parser.add_argument("--kind", choices=("1d", "2d", "3d"), default="2d")
+
+
 def _time(fn: Callable[[], object], tensors: list[torch.Tensor]) -> float:
     return do_bench(fn, warmup=50, rep=200, grad_to_none=tensors, return_mode="median")
 
@@ -92,14 +118,7 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
     device = torch.cuda.get_device_name()
     records = []
     for setting in settings:
-        gen = torch.Generator(device="cuda").manual_seed(setting.tokens)
-        q, k, v = (
-            torch.randn(
-                1, setting.tokens, heads, dim, device="cuda", dtype=torch.bfloat16, generator=gen
-            ).requires_grad_()
-            for _ in range(3)
-        )
-        grad = torch.randn_like(q)
+        q, k, v, grad = random_inputs(setting.tokens, heads, dim, seed=setting.tokens)
         dense = {}
         for name, kernel in (
             ("cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -110,7 +129,7 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
             dense[f"dense_{name}_fwd_bwd_ms"] = _time(_fwd_bwd(attend, grad), [q, k, v])
         dense_peak = _peak_gib(_fwd_bwd(_dense(q, k, v, SDPBackend.CUDNN_ATTENTION), grad))
         for kind, block in setting.blocks.items():
-            topk = None if setting.topk is None else setting.topk[kind]
+            topk = layer_topk(setting, kind)
             config = SelectionConfig(setting.select, setting.scope, setting.threshold, topk)
             part, keep = vmoba_selection(q, k, grid=setting.grid, block=block, config=config)
             density = kept_density(keep, part).item()

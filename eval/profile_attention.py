@@ -14,28 +14,21 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from eval.bench_attention import SETTINGS
+from eval.bench_attention import add_layer_arguments, layer_topk, random_inputs, setting_of
 from vmoba.attention import vmoba_attention
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tokens", type=int, choices=[s.tokens for s in SETTINGS], default=55_296)
-    parser.add_argument("--kind", choices=("1d", "2d", "3d"), default="2d")
+    add_layer_arguments(parser)
     parser.add_argument("--backend", default="varlen")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--rows", type=int, default=25, help="kernels listed")
     args = parser.parse_args()
 
-    setting = next(s for s in SETTINGS if s.tokens == args.tokens)
-    topk = None if setting.topk is None else setting.topk[args.kind]
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (
-        torch.randn(1, setting.tokens, 12, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
-        .requires_grad_()
-        for _ in range(3)
-    )
-    grad = torch.randn_like(q)
+    setting = setting_of(args.tokens)
+    topk = layer_topk(setting, args.kind)
+    q, k, v, grad = random_inputs(setting.tokens, 12, 128, seed=0)
 
     def step():
         vmoba_attention(

@@ -14,10 +14,9 @@ import dataclasses
 import json
 from dataclasses import replace
 
-import torch
 from triton.testing import do_bench
 
-from eval.bench_attention import SETTINGS
+from eval.bench_attention import add_layer_arguments, layer_topk, random_inputs, setting_of
 from vmoba.attention import SelectionConfig, indexed, vmoba_selection
 from vmoba.attention.indexed import Loop
 from vmoba.attention.varlen import varlen_attention
@@ -40,19 +39,13 @@ SHAPES = [  # one kernel's launch changed at a time (the forward's, dk/dv's or d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tokens", type=int, choices=[s.tokens for s in SETTINGS], default=55_296)
-    parser.add_argument("--kind", choices=("1d", "2d", "3d"), default="2d")
+    add_layer_arguments(parser)
     args = parser.parse_args()
-    setting = next(s for s in SETTINGS if s.tokens == args.tokens)
-    topk = None if setting.topk is None else setting.topk[args.kind]
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (
-        torch.randn(1, setting.tokens, 12, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
-        .requires_grad_()
-        for _ in range(3)
+    setting = setting_of(args.tokens)
+    q, k, v, grad = random_inputs(setting.tokens, 12, 128, seed=0)
+    config = SelectionConfig(
+        setting.select, setting.scope, setting.threshold, layer_topk(setting, args.kind)
     )
-    grad = torch.randn_like(q)
-    config = SelectionConfig(setting.select, setting.scope, setting.threshold, topk)
     partition, keep = vmoba_selection(
         q, k, grid=setting.grid, block=setting.blocks[args.kind], config=config
     )
