@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import os
 from pathlib import Path
 
 import torch
@@ -99,7 +100,6 @@ def _start_forkserver(module: str) -> None:
     pytest put ``tests/``: it gets it through ``PYTHONPATH`` while it starts.
     """
     import multiprocessing.forkserver
-    import os
     import sys
 
     import torch.multiprocessing as mp
@@ -149,7 +149,7 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
             raise TimeoutError(f"{world_size} {backend} processes still running after {timeout} s")
 
 
-INTERPRETED = __import__("os").environ.get("TRITON_INTERPRET") == "1"
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 """This process runs Triton kernels on the CPU, in Triton's interpreter."""
 
 
@@ -157,7 +157,6 @@ def run_interpreted(test_file: str, keyword: str, expected: int) -> None:
     """Run the tests of ``test_file`` matching ``keyword`` in a child pytest under
     ``TRITON_INTERPRET=1`` (Triton reads it at import) and require ``expected`` of them to pass,
     none skipped."""
-    import os
     import subprocess
     import sys
 

@@ -75,8 +75,8 @@ class SegmentPlan:
     counts: torch.Tensor
 
 
-def _chunks(counts: list[int], cu_k: list[int], blocks: int, tokens: int, budget: int):
-    cu_q = [0, *itertools.accumulate(counts)]
+def _chunks(counts: list[int], cu_q: list[int], cu_k: list[int], blocks: int, tokens: int,
+            budget: int):
     bounds, start = [], 0
     for seg in range(1, len(counts)):
         if cu_q[seg + 1] - cu_q[start] + cu_k[seg + 1] - cu_k[start] > budget:
@@ -108,7 +108,8 @@ def plan_segments(keep: torch.Tensor, partition: BlockPartition, budget: int) ->
     cu_q = torch.zeros(counts.numel() + 1, dtype=torch.int32, device=keep.device)
     cu_q[1:] = torch.cumsum(counts, 0)
     counts = counts.cpu()
-    starts = [0, *itertools.accumulate(counts.tolist())]
+    sizes = counts.tolist()
+    starts = [0, *itertools.accumulate(sizes)]  # cu_q on the host
     rows = torch.empty(starts[-1], dtype=torch.int64, device=keep.device)
     for p0, p1 in groups:
         pair, _, query = by_pair[p0:p1].transpose(1, 2).nonzero(as_tuple=True)  # (pair, j, s)
@@ -116,7 +117,7 @@ def plan_segments(keep: torch.Tensor, partition: BlockPartition, budget: int) ->
     offsets = partition.block_offsets.tolist()
     cu_k = [g * tokens + o for g in range(batch * heads) for o in offsets[:-1]]
     cu_k.append(batch * heads * tokens)
-    chunks = _chunks(counts.tolist(), cu_k, blocks, tokens, budget)
+    chunks = _chunks(sizes, starts, cu_k, blocks, tokens, budget)
     cu_k_device = torch.tensor(cu_k, dtype=torch.int32).to(keep.device, non_blocking=True)
     return SegmentPlan(rows, cu_q, cu_k_device, chunks, int(partition.block_sizes.max()), counts)
 
