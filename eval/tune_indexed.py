@@ -22,18 +22,15 @@ from vmoba.attention.indexed import Loop
 from vmoba.attention.varlen import varlen_attention
 
 BASE = indexed.Tiles()
-SHAPES = [  # one kernel's launch changed at a time (the forward's, dk/dv's or dq's)
+SHAPES = [  # the forward's and dq's query tiles and key steps, then dk/dv's
     BASE,
-    replace(BASE, forward=Loop(32, 4, 3)),
-    replace(BASE, forward=Loop(128, 8, 2)),
+    replace(BASE, forward=Loop(64, 4, 3), dq=Loop(64, 4, 3)),
+    replace(BASE, forward=Loop(128, 4, 2), dq=Loop(128, 4, 2)),
     replace(BASE, query_tile=128, forward=Loop(64, 8, 3), dq=Loop(64, 8, 3)),
-    replace(BASE, dkdv=Loop(32, 4, 2)),
+    replace(BASE, query_tile=128, forward=Loop(128, 8, 2), dq=Loop(128, 8, 2)),
+    replace(BASE, query_tile=128, forward=Loop(64, 8, 2), dq=Loop(32, 8, 3)),
     replace(BASE, dkdv=Loop(64, 4, 3)),
     replace(BASE, dkdv=Loop(128, 8, 2)),
-    replace(BASE, key_tile=128, dkdv=Loop(64, 8, 2)),
-    replace(BASE, dq=Loop(32, 4, 3)),
-    replace(BASE, dq=Loop(128, 4, 2)),
-    replace(BASE, dq=Loop(64, 8, 3)),
 ]
 
 

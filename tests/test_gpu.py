@@ -44,12 +44,13 @@ def _small_varlen_chunks(monkeypatch):
     monkeypatch.setattr(varlen, "ROW_BUDGET", 2000)
 
 
-def _cuda_backends(dtype):
-    """Registered backends, other than the reference, that take CUDA tensors of ``dtype``."""
+def _cuda_backends():
+    """Registered backends, other than the reference, that take CUDA bf16 and fp16 tensors."""
     names = []
     for name in backend_names()[1:]:
         try:
-            resolve_backend(name, torch.device("cuda"), dtype, 64)
+            for dtype in (torch.bfloat16, torch.float16):
+                resolve_backend(name, torch.device("cuda"), dtype, 64)
         except ValueError:
             continue
         names.append(name)
@@ -88,20 +89,18 @@ def _errors(out, q, k, v, grad, exact):
     return [rel_error(g, e) for g, e in zip(got, exact)]
 
 
+@pytest.mark.parametrize("backend", _cuda_backends())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("kind", BLOCKS)
 @pytest.mark.parametrize("select,scope,topk", MODES)
-def test_cuda_backends_match_reference(select, scope, topk, kind, dtype):
+def test_cuda_backends_match_reference(select, scope, topk, kind, dtype, backend):
     q, k, v, grad = _inputs(f"{select}{scope}{kind}", dtype)
     kwargs = dict(grid=GRID, block=BLOCKS[kind], select=select, scope=scope, topk=topk)
     exact, budget = _reference_and_budget(q, k, v, grad, kwargs)
-    backends = _cuda_backends(dtype)
-    assert backends
-    for backend in backends:
-        out = vmoba_attention(q, k, v, backend=backend, **kwargs)
-        assert out.dtype == dtype
-        errors = _errors(out, q, k, v, grad, exact)
-        assert all(e <= b for e, b in zip(errors, budget)), (backend, errors, budget)
+    out = vmoba_attention(q, k, v, backend=backend, **kwargs)
+    assert out.dtype == dtype
+    errors = _errors(out, q, k, v, grad, exact)
+    assert all(e <= b for e, b in zip(errors, budget)), (errors, budget)
 
 
 @pytest.mark.parametrize("kind", BLOCKS)

@@ -4,8 +4,8 @@ The same segments as :mod:`vmoba.attention.varlen`: the queries of one (sample, 
 block ``j`` attend to block ``j``'s keys; segment outputs merge by their log-sum-exps. FA2's
 varlen kernels take packed rows, so that backend copies every query once per kept block (and,
 in the backward, its gradient and output too): 21% of a 2D layer at 55K tokens on the H200
-(``eval/results/attention_h200_profile_55k_2d.txt``). These kernels load the rows they need
-straight from ``[B, S, H, D]`` by index:
+(``eval/results/attention_h200_profile_55k_2d.txt``). These kernels load query rows (and their
+gradients) straight from ``[B, S, H, D]`` by index:
 
 - forward: one program per query tile of a segment, online softmax over the block's keys;
   it writes the tile's partial output and log-sum-exp, merged per query as in ``varlen``
@@ -15,12 +15,14 @@ straight from ``[B, S, H, D]`` by index:
   Keys are disjoint across segments, so all segments run in one launch, with no chunks.
 - backward, dq: one program per query tile (chunked like the forward), summed per query.
 
-Nothing packed is kept for the backward. Correct against the reference on the CPU (Triton's
-interpreter: ``tests/test_indexed.py``) and on the H200 (``tests/test_gpu.py``, 3D cases, earlier
-launch shapes). On the H200 at
-55,296 tokens it runs a layer's forward+backward 1.0x / 1.25x / 1.36x faster than ``varlen``
-(1D / 2D / 3D; ``eval/results/attention_h200.md``), its forward 0.88x-1.06x; ``auto`` does not
-pick it until its 13K-token and training-step numbers exist.
+Keys are read from one head-major, block-ordered copy of k and v per pass (``[B*H*S, D]``,
+0.34 GiB at 55K tokens, made again in the backward rather than kept), so each key step is one
+TMA tile load. Nothing packed is kept for the backward. Correct against the reference on the
+CPU (Triton's interpreter: ``tests/test_indexed.py``) and on the H200 (``tests/test_gpu.py``).
+On the H200 at 55,296 tokens, attention alone (selection excluded), it runs a layer's
+forward+backward in 51.3 / 55.1 / 59.5 ms (1D / 2D / 3D) against ``varlen``'s 55.3 / 74.7 /
+89.4 (``eval/results/attention_h200_tune_indexed.txt``); ``auto`` does not pick it until its
+13K-token and training-step numbers exist.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
 try:
     import triton
     import triton.language as tl
-except ImportError:  # CPU-only installs: the backend is unavailable
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # CPU-only installs, or Triton before 3.3: the backend is unavailable
     triton = None
-
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Tiles:
     query_tile: int = 64
     key_tile: int = 64
     forward: Loop = Loop(32, 4, 3)
-    dkdv: Loop = Loop(64, 4, 2)
+    dkdv: Loop = Loop(64, 4, 3)
     dq: Loop = Loop(32, 4, 3)
 
 
@@ -82,6 +84,8 @@ def _tiles(
 
 
 if triton is not None:
+    _LOG2E = tl.constexpr(1.4426950408889634)  # the kernels' softmax runs in base 2 (exp2)
+    _LN2 = tl.constexpr(0.6931471805599453)
 
     @triton.jit
     def _rows(ptr, index, live, DIM: tl.constexpr):
@@ -90,12 +94,12 @@ if triton is not None:
         return tl.load(ptr + index[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
 
     @triton.jit
-    def _key_rows(k_ptr, v_ptr, key_ptr, keys, end, DIM: tl.constexpr):
-        """Block-ordered key positions ``keys`` before ``end``: their mask, ``[B*S*H, D]`` row
-        index, and k and v rows (zeros past ``end``)."""
-        valid = keys < end
-        key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)
-        return valid, key, _rows(k_ptr, key, valid, DIM), _rows(v_ptr, key, valid, DIM)
+    def _key_step(k_desc, v_desc, first, end, BLOCK_K: tl.constexpr):
+        """Key rows ``first + [0, BLOCK_K)`` of the block-ordered keys: their mask (before
+        ``end``, the segment's last key) and k and v tiles. Rows past ``end`` hold the next
+        segment's keys (or zeros past the tensor): callers mask their scores."""
+        valid = first + tl.arange(0, BLOCK_K) < end
+        return valid, k_desc.load([first, 0]), v_desc.load([first, 0])
 
     @triton.jit
     def _query_rows(
@@ -114,7 +118,7 @@ if triton is not None:
 
     @triton.jit
     def _forward_kernel(
-        q_ptr, k_ptr, v_ptr, token_ptr, key_ptr, cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr,
+        q_ptr, k_desc, v_desc, token_ptr, cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr,
         out_ptr, lse_ptr, tile0, row0, scale,
         DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
@@ -130,14 +134,12 @@ if triton is not None:
         acc = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
         key_end = tl.load(cu_k_ptr + seg + 1)
         for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
-            valid, _, k, v = _key_rows(
-                k_ptr, v_ptr, key_ptr, first + tl.arange(0, BLOCK_K), key_end, DIM
-            )
-            scores = tl.dot(q, tl.trans(k)) * scale
+            valid, k, v = _key_step(k_desc, v_desc, first, key_end, BLOCK_K)
+            scores = tl.dot(q, tl.trans(k)) * (scale * _LOG2E)
             scores = tl.where(valid[None, :], scores, float("-inf"))
             new_peak = tl.maximum(peak, tl.max(scores, axis=1))
-            rescale = tl.exp(peak - new_peak)
-            probs = tl.exp(scores - new_peak[:, None])
+            rescale = tl.exp2(peak - new_peak)
+            probs = tl.exp2(scores - new_peak[:, None])
             norm = norm * rescale + tl.sum(probs, axis=1)
             acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
             peak = new_peak
@@ -145,7 +147,7 @@ if triton is not None:
         out = acc / norm[:, None]
         tl.store(out_ptr + local[:, None] * DIM + dims[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=live[:, None])
-        tl.store(lse_ptr + local, peak + tl.log(norm), mask=live)
+        tl.store(lse_ptr + local, (peak + tl.log2(norm)) * _LN2, mask=live)
 
     @triton.jit
     def _dkdv_kernel(
@@ -156,9 +158,10 @@ if triton is not None:
         tile = tl.program_id(0)
         seg = tl.load(tile_seg_ptr + tile)
         keys = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_K)
-        valid, key, k, v = _key_rows(
-            k_ptr, v_ptr, key_ptr, keys, tl.load(cu_k_ptr + seg + 1), DIM
-        )
+        valid = keys < tl.load(cu_k_ptr + seg + 1)
+        k = _rows(k_ptr, keys.to(tl.int64), valid, DIM)
+        v = _rows(v_ptr, keys.to(tl.int64), valid, DIM)
+        key = tl.load(key_ptr + keys, mask=valid, other=0).to(tl.int64)  # its [B*S*H] row
         dims = tl.arange(0, DIM)
         dk = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_K, DIM], dtype=tl.float32)
@@ -169,7 +172,7 @@ if triton is not None:
                 first + tl.arange(0, BLOCK_Q), row_end, DIM,
             )
             # rows past the segment load as zeros (q, do, lse, delta): they add nothing below
-            probs = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
+            probs = tl.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) - lse[:, None] * _LOG2E)
             dv += tl.dot(tl.trans(probs.to(do.dtype)), do)
             dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(dscores.to(q.dtype)), q)
@@ -179,8 +182,8 @@ if triton is not None:
 
     @triton.jit
     def _dq_kernel(
-        q_ptr, k_ptr, v_ptr, grad_ptr, lse_ptr, delta_ptr, token_ptr, query_ptr, key_ptr,
-        cu_q_ptr, cu_k_ptr, tile_seg_ptr, tile_start_ptr, dq_ptr, tile0, row0, scale,
+        q_ptr, k_desc, v_desc, grad_ptr, lse_ptr, delta_ptr, token_ptr, query_ptr, cu_q_ptr,
+        cu_k_ptr, tile_seg_ptr, tile_start_ptr, dq_ptr, tile0, row0, scale,
         DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         tile = tile0 + tl.program_id(0)
@@ -194,11 +197,9 @@ if triton is not None:
         dq = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
         key_end = tl.load(cu_k_ptr + seg + 1)
         for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
-            _, _, k, v = _key_rows(
-                k_ptr, v_ptr, key_ptr, first + tl.arange(0, BLOCK_K), key_end, DIM
-            )
-            # keys past the block load as zeros: their columns add nothing to dq
-            probs = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
+            valid, k, v = _key_step(k_desc, v_desc, first, key_end, BLOCK_K)
+            probs = tl.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) - lse[:, None] * _LOG2E)
+            probs = tl.where(valid[None, :], probs, 0.0)
             dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dq += tl.dot(dscores.to(k.dtype), k)
         local = (rows - row0).to(tl.int64)
@@ -243,6 +244,22 @@ def _launch(
     )
 
 
+def _block_ordered(
+    k: torch.Tensor, v: torch.Tensor, k_rows: torch.Tensor, tiles: int
+) -> tuple[torch.Tensor, torch.Tensor, TensorDescriptor, TensorDescriptor]:
+    """k and v ``[B, S, H, D]`` copied to head-major block order ``[B*H*S, D]`` (rows ``k_rows``),
+    so every segment's keys are consecutive rows, and descriptors of their ``[tiles, D]`` tiles
+    (Hopper's TMA loads them). Each pass makes its own copies: none is kept between them."""
+    dim = k.shape[-1]
+    k_blocks, v_blocks = (x.reshape(-1, dim)[k_rows] for x in (k, v))
+    return (
+        k_blocks,
+        v_blocks,
+        TensorDescriptor.from_tensor(k_blocks, [tiles, dim]),
+        TensorDescriptor.from_tensor(v_blocks, [tiles, dim]),
+    )
+
+
 class _IndexedVMoBA(torch.autograd.Function):
     """q, k, v contiguous ``[B, S, H, D]`` -> out, contiguous ``[B, S, H, D]``."""
 
@@ -254,23 +271,25 @@ class _IndexedVMoBA(torch.autograd.Function):
         token = q_rows[plan.rows].int()  # [total] row of each packed query in [B*S*H, D]
         query = plan.rows.int()  # [total] its index in head-major [B*H*S]
         scale = 1.0 / math.sqrt(dim)
+        _, _, k_desc, v_desc = _block_ordered(k, v, k_rows, t.forward.step)
         out = torch.zeros(q_rows.numel(), dim, dtype=torch.float32, device=q.device)
         lse = torch.full(q_rows.shape, float("-inf"), dtype=torch.float32, device=q.device)
-        for c in plan.chunks:
+        ctx.orders = varlen.destination_orders(plan)
+        for c, csr in zip(plan.chunks, ctx.orders):
             tile0, tiles = launch.chunk_tiles(c)
             if tiles == 0:
                 continue
             part = torch.empty(c.row1 - c.row0, dim, dtype=q.dtype, device=q.device)
             part_lse = torch.empty(c.row1 - c.row0, dtype=torch.float32, device=q.device)
             _forward_kernel[(tiles,)](
-                q, k, v, token, k_rows, plan.cu_q, plan.cu_k, *launch.query_tiles, part,
+                q, k_desc, v_desc, token, plan.cu_q, plan.cu_k, *launch.query_tiles, part,
                 part_lse, tile0, c.row0, scale,
                 DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.forward.step,
                 num_warps=t.forward.warps, num_stages=t.forward.stages,
             )
             merge_by_lse_into(
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part, part_lse,
-                plan.rows[c.row0 : c.row1] - c.dst0,
+                varlen.destinations(plan.rows, c), csr,
             )
         out = varlen.token_major(out, batch, heads, q.dtype)
         ctx.save_for_backward(q, k, v, out, lse, token, query, k_rows)
@@ -286,25 +305,27 @@ class _IndexedVMoBA(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         delta = (grad_out.float() * out.float()).sum(-1).flatten()  # [B*S*H] rowsum(dO * O)
         grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)  # every key is in one block
+        k_blocks, v_blocks, k_desc, v_desc = _block_ordered(k, v, k_rows, t.dq.step)
         _dkdv_kernel[(launch.key_tiles[0].numel(),)](
-            q, k, v, grad_out, lse, delta, token, query, k_rows, plan.cu_q, plan.cu_k,
+            q, k_blocks, v_blocks, grad_out, lse, delta, token, query, k_rows, plan.cu_q,
+            plan.cu_k,
             *launch.key_tiles, grad_k, grad_v, scale,
             DIM=dim, BLOCK_Q=t.dkdv.step, BLOCK_K=t.key_tile,
             num_warps=t.dkdv.warps, num_stages=t.dkdv.stages,
         )
         grad_q = torch.zeros(lse.numel(), dim, dtype=torch.float32, device=q.device)
-        for c in plan.chunks:
+        for c, csr in zip(plan.chunks, ctx.orders):
             tile0, tiles = launch.chunk_tiles(c)
             if tiles == 0:
                 continue
             dq = torch.empty(c.row1 - c.row0, dim, dtype=torch.float32, device=q.device)
             _dq_kernel[(tiles,)](
-                q, k, v, grad_out, lse, delta, token, query, k_rows, plan.cu_q, plan.cu_k,
+                q, k_desc, v_desc, grad_out, lse, delta, token, query, plan.cu_q, plan.cu_k,
                 *launch.query_tiles, dq, tile0, c.row0, scale,
                 DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.dq.step,
                 num_warps=t.dq.warps, num_stages=t.dq.stages,
             )
-            sum_into(grad_q[c.dst0 : c.dst1], dq, plan.rows[c.row0 : c.row1] - c.dst0)
+            sum_into(grad_q[c.dst0 : c.dst1], dq, varlen.destinations(plan.rows, c), csr)
         grad_q = varlen.token_major(grad_q, batch, heads, q.dtype)
         return grad_q, grad_k, grad_v, None, None
 

@@ -20,13 +20,25 @@ except ImportError:  # CPU-only installs: the torch path below is used
     triton = None
 
 
-def rows_by_destination(rows: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+CSR = tuple[torch.Tensor, torch.Tensor]
+
+
+def rows_by_destination(rows: torch.Tensor, total: int) -> CSR:
     """CSR view of packed rows: ``order`` ``[T]`` lists packed rows grouped by destination
     (ascending), ``starts`` ``[total + 1]`` where each destination's group begins. No host sync
     (``bincount`` on CUDA would read the largest row back)."""
     destinations, order = torch.sort(rows, stable=True)
     starts = torch.searchsorted(destinations, torch.arange(total + 1, device=rows.device))
     return order, starts
+
+
+def csr_for_kernel(rows: torch.Tensor, total: int) -> CSR | None:
+    """:func:`rows_by_destination` in int32 where the GPU kernel will use it (CUDA rows), else
+    ``None``: a caller that reduces the same rows twice (forward merge, backward sum) sorts them
+    once and keeps 4 bytes a row in between."""
+    if triton is None or not rows.is_cuda:
+        return None
+    return tuple(x.int() for x in rows_by_destination(rows, total))
 
 
 if triton is not None:
@@ -48,7 +60,7 @@ if triton is not None:
             peak = tl.load(out_lse_ptr + row)
             norm = (peak > float("-inf")).to(tl.float32)
         for e in range(start, end):
-            src = tl.load(order_ptr + e)
+            src = tl.load(order_ptr + e).to(tl.int64)
             x = tl.load(x_ptr + src * dim + cols, mask=valid, other=0.0).to(tl.float32)
             if BY_LSE:
                 lse = tl.load(lse_ptr + src)
@@ -70,10 +82,10 @@ def _check_accumulator(out: torch.Tensor) -> None:
         raise ValueError("accumulators must be contiguous float32 or float64 tensors")
 
 
-def _reduce_on_gpu(x, lse, rows, out, out_lse, by_lse: bool) -> bool:
+def _reduce_on_gpu(x, lse, rows, out, out_lse, by_lse: bool, csr: CSR | None) -> bool:
     if triton is None or not x.is_cuda or out.dtype != torch.float32:
         return False
-    order, starts = rows_by_destination(rows, out.shape[0])
+    order, starts = csr if csr is not None else rows_by_destination(rows, out.shape[0])
     _reduce_rows_kernel[(out.shape[0],)](
         x.contiguous(), lse, order, starts, out, out_lse, x.shape[-1],
         BLOCK_D=triton.next_power_of_2(x.shape[-1]), BY_LSE=by_lse,
@@ -82,14 +94,20 @@ def _reduce_on_gpu(x, lse, rows, out, out_lse, by_lse: bool) -> bool:
 
 
 def merge_by_lse_into(
-    out: torch.Tensor, out_lse: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, rows: torch.Tensor
+    out: torch.Tensor,
+    out_lse: torch.Tensor,
+    x: torch.Tensor,
+    lse: torch.Tensor,
+    rows: torch.Tensor,
+    csr: CSR | None = None,
 ) -> None:
     """Softmax-merge packed outputs ``x`` ``[T, D]`` with log-sum-exps ``lse`` ``[T]`` (float32)
     into the running outputs ``out`` ``[R, D]`` and ``out_lse`` ``[R]`` (float32 or float64, in
-    place; start them at 0 and -inf). ``rows`` ``[T]`` int64 are the destinations in ``[0, R)``."""
+    place; start them at 0 and -inf). ``rows`` ``[T]`` int64 are the destinations in ``[0, R)``;
+    ``csr``, if given, is their :func:`rows_by_destination` (else sorted here on the GPU)."""
     _check_accumulator(out)
     _check_accumulator(out_lse)
-    if _reduce_on_gpu(x, lse.contiguous(), rows, out, out_lse, by_lse=True):
+    if _reduce_on_gpu(x, lse.contiguous(), rows, out, out_lse, by_lse=True, csr=csr):
         return
     lse = lse.to(out_lse.dtype)
     peak = out_lse.scatter_reduce(0, rows, lse, "amax", include_self=True)
@@ -104,9 +122,11 @@ def merge_by_lse_into(
     out_lse.copy_(torch.where(touched, finite_peak + norm.log(), out_lse))
 
 
-def sum_into(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> None:
+def sum_into(
+    out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, csr: CSR | None = None
+) -> None:
     """Add packed rows ``x`` ``[T, D]`` to ``out`` ``[R, D]`` (float32 or float64, in place) at
-    ``rows``."""
+    ``rows`` (``csr`` as in :func:`merge_by_lse_into`)."""
     _check_accumulator(out)
-    if not _reduce_on_gpu(x, x, rows, out, out, by_lse=False):
+    if not _reduce_on_gpu(x, x, rows, out, out, by_lse=False, csr=csr):
         out.index_add_(0, rows, x.to(out.dtype))

@@ -27,7 +27,7 @@ import torch
 from vmoba.attention.fa2_varlen import varlen_kernels
 from vmoba.attention.gates import upcast_dtype
 from vmoba.attention.partition import BlockPartition
-from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
+from vmoba.attention.segment_merge import CSR, csr_for_kernel, merge_by_lse_into, sum_into
 
 ROW_BUDGET = 1 << 19
 """Packed query rows plus key rows per kernel call. The backward of a chunk holds about
@@ -122,6 +122,18 @@ def plan_segments(keep: torch.Tensor, partition: BlockPartition, budget: int) ->
     return SegmentPlan(rows, cu_q, cu_k_device, chunks, int(partition.block_sizes.max()), counts)
 
 
+def destinations(rows: torch.Tensor, chunk: Chunk) -> torch.Tensor:
+    """The chunk's packed rows as destinations in its ``[dst0, dst1)`` slice of the head-major
+    outputs."""
+    return rows[chunk.row0 : chunk.row1] - chunk.dst0
+
+
+def destination_orders(plan: SegmentPlan) -> list[CSR | None]:
+    """Each chunk's CSR order of its destinations for the GPU reduction, sorted once: the
+    forward's merge and the backward's dq sum both use it."""
+    return [csr_for_kernel(destinations(plan.rows, c), c.dst1 - c.dst0) for c in plan.chunks]
+
+
 def _offsets(cu: torch.Tensor, chunk: Chunk, first: int) -> torch.Tensor:
     return cu[chunk.seg0 : chunk.seg1 + 1] - first
 
@@ -159,7 +171,8 @@ class _VarlenVMoBA(torch.autograd.Function):
         out = torch.zeros(q_rows.numel(), dim, dtype=acc_dtype, device=q.device)
         lse = torch.full(q_rows.shape, float("-inf"), dtype=acc_dtype, device=q.device)
         q2d, k2d, v2d = (x.reshape(-1, dim) for x in (q, k, v))  # [B*S*H, D] views
-        for c in plan.chunks:
+        ctx.orders = destination_orders(plan)
+        for c, csr in zip(plan.chunks, ctx.orders):
             rows = plan.rows[c.row0 : c.row1]
             keys = k_rows[c.key0 : c.key1]
             part, part_lse = kernels.forward(
@@ -174,7 +187,7 @@ class _VarlenVMoBA(torch.autograd.Function):
             )
             merge_by_lse_into(
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part.squeeze(1), part_lse.view(-1),
-                rows - c.dst0,
+                destinations(plan.rows, c), csr,
             )
         out = token_major(out, batch, heads, q.dtype)
         ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, q_rows, k_rows)
@@ -189,7 +202,7 @@ class _VarlenVMoBA(torch.autograd.Function):
         q2d, k2d, v2d, out2d, grad2d = (x.reshape(-1, dim) for x in (q, k, v, out, grad_out))
         grad_q = torch.zeros(q_rows.numel(), dim, dtype=upcast_dtype(q.dtype), device=q.device)
         grad_k, grad_v = torch.empty_like(k2d), torch.empty_like(v2d)  # every key is in one chunk
-        for c in ctx.chunks:
+        for c, csr in zip(ctx.chunks, ctx.orders):
             rows = all_rows[c.row0 : c.row1]
             tokens_of_rows = q_rows[rows]
             keys = k_rows[c.key0 : c.key1]
@@ -206,7 +219,7 @@ class _VarlenVMoBA(torch.autograd.Function):
                 ctx.max_k,
                 ctx.scale,
             )
-            sum_into(grad_q[c.dst0 : c.dst1], dq.squeeze(1), rows - c.dst0)
+            sum_into(grad_q[c.dst0 : c.dst1], dq.squeeze(1), rows - c.dst0, csr)
             grad_k.index_copy_(0, keys, dk.squeeze(1))
             grad_v.index_copy_(0, keys, dv.squeeze(1))
         grad_q = token_major(grad_q, batch, heads, q.dtype)
