@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -15,6 +16,23 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``||actual - expected|| / ||expected||`` in float64."""
     expected = expected.double()
     return ((actual.double() - expected).norm() / expected.norm()).item()
+
+
+def tensors_outside_saved(grad_fn) -> list[str]:
+    """Attributes of a custom autograd Function's context that hold tensors (in dataclasses,
+    tuples, lists or dicts too). Those bypass ``save_for_backward``, so activation checkpointing
+    cannot drop them: each layer's would stay alive until its backward."""
+
+    def holds_tensor(x) -> bool:
+        if isinstance(x, torch.Tensor):
+            return True
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return any(holds_tensor(getattr(x, f.name)) for f in dataclasses.fields(x))
+        if isinstance(x, dict):
+            x = list(x.values())
+        return isinstance(x, (list, tuple)) and any(holds_tensor(i) for i in x)
+
+    return [name for name, value in vars(grad_fn).items() if holds_tensor(value)]
 
 
 def random_qkv(batch, tokens, heads, dim, *, dtype=torch.float32, seed=0, grad=True):

@@ -22,6 +22,7 @@ from vmoba.attention import (
     vmoba_attention,
     vmoba_selection,
 )
+from vmoba.attention import indexed
 from vmoba.attention.flex import flex_block_mask, flex_tile_density
 
 TILES = [(16, 16), (32, 16), (16, 24)]  # (query, key) tokens; 24 straddles blocks of every kind
@@ -220,7 +221,8 @@ def test_fullgraph_compile_traces_selection_mask_and_attention():
     assert rel_error(compiled(q, k, v), layer(q, k, v)) < 1e-6
 
 
-def test_registry_entry():
+def test_registry_entry(monkeypatch):
+    monkeypatch.setattr(indexed, "available_on", lambda device: False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         assert resolve_backend("flex", cuda, dtype, 128).name == "flex"

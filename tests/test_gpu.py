@@ -8,16 +8,17 @@ import zlib
 
 import pytest
 import torch
-from helpers import AttentionLayer, rel_error
+from helpers import AttentionLayer, rel_error, tensors_outside_saved
 
 from vmoba.attention import (
     backend_names,
     resolve_backend,
     token_mask,
+    varlen,
     vmoba_attention,
     vmoba_selection,
 )
-from vmoba.attention import varlen
+from vmoba.attention.indexed import indexed_attention
 from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
 from vmoba.attention.selection import SelectionConfig
 
@@ -87,6 +88,15 @@ def _errors(out, q, k, v, grad, exact):
     """Relative errors of ``out`` and its q/k/v gradients against ``exact``."""
     got = (out, *torch.autograd.grad(out, (q, k, v), grad))
     return [rel_error(g, e) for g, e in zip(got, exact)]
+
+
+@pytest.mark.parametrize("attend", [varlen.varlen_attention, indexed_attention])
+def test_packed_backends_save_their_tensors_through_autograd(attend):
+    """Activation checkpointing drops what ``save_for_backward`` holds; tensors kept on the
+    context instead (plans, orders, tile lists) would stay alive for every layer."""
+    q, k, v, _ = _inputs("saved", torch.bfloat16)
+    partition, keep = vmoba_selection(q, k, grid=GRID, block=BLOCKS["3d"], config=SelectionConfig())
+    assert not tensors_outside_saved(attend(q, k, v, keep, partition).grad_fn)
 
 
 @pytest.mark.parametrize("backend", _cuda_backends())

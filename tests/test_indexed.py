@@ -4,7 +4,7 @@ interpreter (``TRITON_INTERPRET=1``, set for a child pytest by the last test). O
 
 import pytest
 import torch
-from helpers import INTERPRETED, random_qkv, rel_error, run_interpreted
+from helpers import INTERPRETED, random_qkv, rel_error, run_interpreted, tensors_outside_saved
 
 from vmoba.attention import varlen, vmoba_attention
 from vmoba.attention.indexed import triton
@@ -38,6 +38,7 @@ def test_indexed_matches_reference_interpreted(select, scope, topk, kind, monkey
         q, k, grid=grid, block=block, config=SelectionConfig(select, scope, 0.25, topk)
     )
     out = indexed_attention(q, k, v, keep, partition)
+    assert not tensors_outside_saved(out.grad_fn)
     got = (out, *torch.autograd.grad(out, (q, k, v), grad))
     for name, g, e in zip(("out", "dq", "dk", "dv"), got, exact):
         assert rel_error(g, e) < 1e-5, name

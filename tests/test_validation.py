@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vmoba.attention import backend_names, resolve_backend, vmoba_attention
+from vmoba.attention import backend_names, indexed, resolve_backend, vmoba_attention
 
 GRID = (2, 3, 4)
 
@@ -65,7 +65,8 @@ def test_bad_tensors():
         vmoba_attention(*_qkv(dtype=torch.int64), grid=GRID, block=1)
 
 
-def test_registry_names_and_auto_choice():
+def test_registry_names_and_auto_choice(monkeypatch):
+    monkeypatch.setattr(indexed, "available_on", lambda device: False)  # a GPU before Hopper
     assert backend_names() == (
         "auto", "chunked", "flex", "gathered", "indexed", "reference", "varlen"
     )
@@ -75,7 +76,13 @@ def test_registry_names_and_auto_choice():
     assert resolve_backend("auto", cuda, torch.bfloat16, 36).name == "chunked"  # varlen: D % 8
     assert resolve_backend("auto", cuda, torch.float32, 128).name == "chunked"
     assert resolve_backend("reference", cpu, torch.bfloat16, 64).name == "reference"
-    assert resolve_backend("indexed", cuda, torch.bfloat16, 128).name == "indexed"  # opt-in
+    with pytest.raises(ValueError, match="backend 'indexed' does not support"):
+        resolve_backend("indexed", cuda, torch.bfloat16, 128)
+    monkeypatch.setattr(indexed, "available_on", lambda device: True)  # Hopper or newer
+    assert resolve_backend("auto", cuda, torch.bfloat16, 128).name == "indexed"
+    assert resolve_backend("auto", cuda, torch.float16, 16).name == "indexed"
+    assert resolve_backend("auto", cuda, torch.bfloat16, 96).name == "varlen"  # not a power of 2
+    assert resolve_backend("auto", cuda, torch.bfloat16, 256).name == "varlen"
     with pytest.raises(
         ValueError,
         match=r"backend 'varlen' does not support torch.float32 tensors of head dim 64 on cpu",

@@ -8,11 +8,14 @@ supports the device and dtype of the inputs.
 =========== ========= ============================================================
 name        priority  when ``auto`` picks it
 =========== ========= ============================================================
-varlen      30        CUDA float16/bfloat16, head dim a multiple of 8 up to 256 (FA2 kernels)
+indexed     40        Hopper (or newer) GPUs, float16/bfloat16, head dim a power of two from 16
+                      to 128, Triton with tensor descriptors (Triton kernels reading rows by
+                      index; on the H200 the fastest forward+backward at 13K-55K tokens and
+                      forward from 32K, ``eval/results/attention_h200.md``)
+varlen      30        other CUDA float16/bfloat16, head dim a multiple of 8 up to 256 (FA2 kernels)
 gathered    20        CPU tensors (work and memory scale with the kept density)
 chunked     10        other devices (memory-safe dense-masked chunks, no S x S tensor)
 flex        5         never while chunked runs everywhere: opt-in until benchmarked (FlexAttention)
-indexed     4         never: opt-in until benchmarked (Triton kernels reading rows by index)
 reference   0         never (the plain ground truth; memory grows as S^2)
 =========== ========= ============================================================
 """
@@ -28,6 +31,7 @@ import torch
 from vmoba.attention.chunked import chunked_attention
 from vmoba.attention.flex import flex_attention
 from vmoba.attention.gathered import gathered_attention
+from vmoba.attention import indexed
 from vmoba.attention.indexed import indexed_attention
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.reference import reference_attention
@@ -114,11 +118,11 @@ def _flex(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
 def _indexed(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     power_of_two = head_dim & (head_dim - 1) == 0
     half = dtype in (torch.float16, torch.bfloat16)
-    return device.type == "cuda" and half and power_of_two and 16 <= head_dim <= 128
+    return half and power_of_two and 16 <= head_dim <= 128 and indexed.available_on(device)
 
 
 register_backend(Backend("reference", reference_attention, priority=0))
-register_backend(Backend("indexed", indexed_attention, priority=4, supports=_indexed))
+register_backend(Backend("indexed", indexed_attention, priority=40, supports=_indexed))
 register_backend(Backend("flex", flex_attention, priority=5, supports=_flex))
 register_backend(Backend("chunked", chunked_attention, priority=10))
 register_backend(Backend("gathered", gathered_attention, priority=20, supports=_cpu))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -208,16 +209,11 @@ if triton is not None:
 
 @dataclass(frozen=True)
 class _Launch:
-    """Work lists of one call (index tensors on the device, host ints for the grids).
+    """Host side of one call's work, for the grids: launch shapes, the plan's chunks, and
+    ``first_query_tile`` ``[segments + 1]``, the index of each segment's first query tile."""
 
-    query_tiles / key_tiles: ``([T] segment, [T] first row)`` of every query / key tile.
-    first_query_tile: ``[segments + 1]`` index of each segment's first query tile.
-    """
-
-    plan: varlen.SegmentPlan
     tiles: Tiles
-    query_tiles: tuple[torch.Tensor, torch.Tensor]
-    key_tiles: tuple[torch.Tensor, torch.Tensor]
+    chunks: tuple[varlen.Chunk, ...]
     first_query_tile: list[int]
 
     def chunk_tiles(self, chunk: varlen.Chunk) -> tuple[int, int]:
@@ -226,21 +222,39 @@ class _Launch:
         return first, self.first_query_tile[chunk.seg1] - first
 
 
+class _Work(NamedTuple):
+    """Device side: the index tensors the kernels read, saved for the backward through autograd
+    (so activation checkpointing drops them with the rest).
+
+    rows: ``[total]`` int64, the plan's query of each packed row in head-major ``[B*H*S]``.
+    cu_q, cu_k: the plan's segment offsets. query_segment / query_start and key_segment /
+    key_start: ``[T]`` int32 segment and first row of every query / key tile.
+    """
+
+    rows: torch.Tensor
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    query_segment: torch.Tensor
+    query_start: torch.Tensor
+    key_segment: torch.Tensor
+    key_start: torch.Tensor
+
+
 def _launch(
     plan: varlen.SegmentPlan, partition: BlockPartition, groups: int, tiles: Tiles
-) -> _Launch:
+) -> tuple[_Launch, _Work]:
     """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs. Tile counts come from
     the host copies (the plan's segment sizes, the CPU partition's block sizes)."""
     size_q, size_k = tiles.query_tile, tiles.key_tile
     first_query_tile = torch.cumsum((plan.counts + size_q - 1) // size_q, 0).tolist()
     key_tiles = int(((partition.block_sizes + size_k - 1) // size_k).sum()) * groups
     block_sizes = partition.on(plan.cu_k.device).block_sizes
-    return _Launch(
-        plan,
-        tiles,
-        _tiles(plan.cu_q.diff(), plan.cu_q[:-1], size_q, first_query_tile[-1]),
-        _tiles(block_sizes.repeat(groups), plan.cu_k[:-1], size_k, key_tiles),
-        [0, *first_query_tile],
+    return _Launch(tiles, plan.chunks, [0, *first_query_tile]), _Work(
+        plan.rows,
+        plan.cu_q,
+        plan.cu_k,
+        *_tiles(plan.cu_q.diff(), plan.cu_q[:-1], size_q, first_query_tile[-1]),
+        *_tiles(block_sizes.repeat(groups), plan.cu_k[:-1], size_k, key_tiles),
     )
 
 
@@ -264,70 +278,77 @@ class _IndexedVMoBA(torch.autograd.Function):
     """q, k, v contiguous ``[B, S, H, D]`` -> out, contiguous ``[B, S, H, D]``."""
 
     @staticmethod
-    def forward(ctx, q, k, v, launch: _Launch, perm: torch.Tensor):
+    def forward(ctx, q, k, v, launch: _Launch, work: _Work, perm: torch.Tensor):
         batch, _, heads, dim = q.shape
-        plan, t = launch.plan, launch.tiles
+        t = launch.tiles
         q_rows, k_rows = varlen.row_indices(batch, heads, perm)
-        token = q_rows[plan.rows].int()  # [total] row of each packed query in [B*S*H, D]
-        query = plan.rows.int()  # [total] its index in head-major [B*H*S]
+        token = q_rows[work.rows].int()  # [total] row of each packed query in [B*S*H, D]
         scale = 1.0 / math.sqrt(dim)
         _, _, k_desc, v_desc = _block_ordered(k, v, k_rows, t.forward.step)
         out = torch.zeros(q_rows.numel(), dim, dtype=torch.float32, device=q.device)
         lse = torch.full(q_rows.shape, float("-inf"), dtype=torch.float32, device=q.device)
-        ctx.orders = varlen.destination_orders(plan)
-        for c, csr in zip(plan.chunks, ctx.orders):
+        orders = varlen.destination_orders(work.rows, launch.chunks)
+        for c, csr in varlen.chunk_orders(launch.chunks, *orders):
             tile0, tiles = launch.chunk_tiles(c)
             if tiles == 0:
                 continue
             part = torch.empty(c.row1 - c.row0, dim, dtype=q.dtype, device=q.device)
             part_lse = torch.empty(c.row1 - c.row0, dtype=torch.float32, device=q.device)
             _forward_kernel[(tiles,)](
-                q, k_desc, v_desc, token, plan.cu_q, plan.cu_k, *launch.query_tiles, part,
-                part_lse, tile0, c.row0, scale,
+                q, k_desc, v_desc, token, work.cu_q, work.cu_k, work.query_segment,
+                work.query_start, part, part_lse, tile0, c.row0, scale,
                 DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.forward.step,
                 num_warps=t.forward.warps, num_stages=t.forward.stages,
             )
             merge_by_lse_into(
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part, part_lse,
-                varlen.destinations(plan.rows, c), csr,
+                varlen.destinations(work.rows, c), csr,
             )
         out = varlen.token_major(out, batch, heads, q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, token, query, k_rows)
+        ctx.save_for_backward(q, k, v, out, lse, token, k_rows, *orders, *work)
         ctx.launch, ctx.scale = launch, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, token, query, k_rows = ctx.saved_tensors
+        q, k, v, out, lse, token, k_rows, order, starts, *work = ctx.saved_tensors
+        work = _Work(*work)
         launch, scale = ctx.launch, ctx.scale
-        plan, t = launch.plan, launch.tiles
+        t = launch.tiles
         batch, _, heads, dim = q.shape
         grad_out = grad_out.contiguous()
         delta = (grad_out.float() * out.float()).sum(-1).flatten()  # [B*S*H] rowsum(dO * O)
         grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)  # every key is in one block
         k_blocks, v_blocks, k_desc, v_desc = _block_ordered(k, v, k_rows, t.dq.step)
-        _dkdv_kernel[(launch.key_tiles[0].numel(),)](
-            q, k_blocks, v_blocks, grad_out, lse, delta, token, query, k_rows, plan.cu_q,
-            plan.cu_k,
-            *launch.key_tiles, grad_k, grad_v, scale,
+        _dkdv_kernel[(work.key_segment.numel(),)](
+            q, k_blocks, v_blocks, grad_out, lse, delta, token, work.rows, k_rows, work.cu_q,
+            work.cu_k, work.key_segment, work.key_start, grad_k, grad_v, scale,
             DIM=dim, BLOCK_Q=t.dkdv.step, BLOCK_K=t.key_tile,
             num_warps=t.dkdv.warps, num_stages=t.dkdv.stages,
         )
         grad_q = torch.zeros(lse.numel(), dim, dtype=torch.float32, device=q.device)
-        for c, csr in zip(plan.chunks, ctx.orders):
+        for c, csr in varlen.chunk_orders(launch.chunks, order, starts):
             tile0, tiles = launch.chunk_tiles(c)
             if tiles == 0:
                 continue
             dq = torch.empty(c.row1 - c.row0, dim, dtype=torch.float32, device=q.device)
             _dq_kernel[(tiles,)](
-                q, k_desc, v_desc, grad_out, lse, delta, token, query, plan.cu_q, plan.cu_k,
-                *launch.query_tiles, dq, tile0, c.row0, scale,
+                q, k_desc, v_desc, grad_out, lse, delta, token, work.rows, work.cu_q, work.cu_k,
+                work.query_segment, work.query_start, dq, tile0, c.row0, scale,
                 DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.dq.step,
                 num_warps=t.dq.warps, num_stages=t.dq.stages,
             )
-            sum_into(grad_q[c.dst0 : c.dst1], dq, varlen.destinations(plan.rows, c), csr)
+            sum_into(grad_q[c.dst0 : c.dst1], dq, varlen.destinations(work.rows, c), csr)
         grad_q = varlen.token_major(grad_q, batch, heads, q.dtype)
-        return grad_q, grad_k, grad_v, None, None
+        return grad_q, grad_k, grad_v, None, None, None
+
+
+def available_on(device: torch.device) -> bool:
+    """Whether the kernels run on ``device``: Triton with tensor descriptors and a Hopper or
+    newer GPU (their key tiles are TMA loads; Hopper is where they are tested and timed)."""
+    if triton is None or device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def indexed_attention(
@@ -345,5 +366,5 @@ def indexed_attention(
     batch, _, heads, _ = q.shape
     q, k, v = (x.contiguous() for x in (q, k, v))
     plan = varlen.plan_segments(keep, partition, varlen.ROW_BUDGET)
-    launch = _launch(plan, partition, batch * heads, TILES)
-    return _IndexedVMoBA.apply(q, k, v, launch, partition.on(q.device).perm)
+    launch, work = _launch(plan, partition, batch * heads, TILES)
+    return _IndexedVMoBA.apply(q, k, v, launch, work, partition.on(q.device).perm)

@@ -32,15 +32,6 @@ def rows_by_destination(rows: torch.Tensor, total: int) -> CSR:
     return order, starts
 
 
-def csr_for_kernel(rows: torch.Tensor, total: int) -> CSR | None:
-    """:func:`rows_by_destination` in int32 where the GPU kernel will use it (CUDA rows), else
-    ``None``: a caller that reduces the same rows twice (forward merge, backward sum) sorts them
-    once and keeps 4 bytes a row in between."""
-    if triton is None or not rows.is_cuda:
-        return None
-    return tuple(x.int() for x in rows_by_destination(rows, total))
-
-
 if triton is not None:
 
     @triton.jit

@@ -27,7 +27,7 @@ import torch
 from vmoba.attention.fa2_varlen import varlen_kernels
 from vmoba.attention.gates import upcast_dtype
 from vmoba.attention.partition import BlockPartition
-from vmoba.attention.segment_merge import CSR, csr_for_kernel, merge_by_lse_into, sum_into
+from vmoba.attention.segment_merge import merge_by_lse_into, rows_by_destination, sum_into
 
 ROW_BUDGET = 1 << 19
 """Packed query rows plus key rows per kernel call. The backward of a chunk holds about
@@ -128,10 +128,28 @@ def destinations(rows: torch.Tensor, chunk: Chunk) -> torch.Tensor:
     return rows[chunk.row0 : chunk.row1] - chunk.dst0
 
 
-def destination_orders(plan: SegmentPlan) -> list[CSR | None]:
-    """Each chunk's CSR order of its destinations for the GPU reduction, sorted once: the
-    forward's merge and the backward's dq sum both use it."""
-    return [csr_for_kernel(destinations(plan.rows, c), c.dst1 - c.dst0) for c in plan.chunks]
+def destination_orders(
+    rows: torch.Tensor, chunks: tuple[Chunk, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every chunk's CSR order of its destinations (:func:`rows_by_destination` of the packed
+    ``rows``), sorted once for the forward's merge and the backward's dq sum: ``order``
+    ``[total_q]`` int32 (chunk ``c``'s in rows ``[c.row0, c.row1)``) and ``starts`` int32,
+    concatenated over the chunks (see :func:`chunk_orders`). Tensors, so autograd saves them
+    (and activation checkpointing drops them) like any other."""
+    orders, starts = [], []
+    for c in chunks:
+        order, start = rows_by_destination(destinations(rows, c), c.dst1 - c.dst0)
+        orders.append(order.int())
+        starts.append(start.int())
+    return torch.cat(orders), torch.cat(starts)
+
+
+def chunk_orders(chunks: tuple[Chunk, ...], order: torch.Tensor, starts: torch.Tensor):
+    """Yield each chunk with its slice ``(order, starts)`` of :func:`destination_orders`."""
+    first = 0
+    for c in chunks:
+        yield c, (order[c.row0 : c.row1], starts[first : first + c.dst1 - c.dst0 + 1])
+        first += c.dst1 - c.dst0 + 1
 
 
 def _offsets(cu: torch.Tensor, chunk: Chunk, first: int) -> torch.Tensor:
@@ -171,8 +189,8 @@ class _VarlenVMoBA(torch.autograd.Function):
         out = torch.zeros(q_rows.numel(), dim, dtype=acc_dtype, device=q.device)
         lse = torch.full(q_rows.shape, float("-inf"), dtype=acc_dtype, device=q.device)
         q2d, k2d, v2d = (x.reshape(-1, dim) for x in (q, k, v))  # [B*S*H, D] views
-        ctx.orders = destination_orders(plan)
-        for c, csr in zip(plan.chunks, ctx.orders):
+        orders = destination_orders(plan.rows, plan.chunks)
+        for c, csr in chunk_orders(plan.chunks, *orders):
             rows = plan.rows[c.row0 : c.row1]
             keys = k_rows[c.key0 : c.key1]
             part, part_lse = kernels.forward(
@@ -190,19 +208,21 @@ class _VarlenVMoBA(torch.autograd.Function):
                 destinations(plan.rows, c), csr,
             )
         out = token_major(out, batch, heads, q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, q_rows, k_rows)
+        ctx.save_for_backward(
+            q, k, v, out, lse, plan.rows, plan.cu_q, plan.cu_k, q_rows, k_rows, *orders
+        )
         ctx.chunks, ctx.max_k, ctx.scale = plan.chunks, plan.max_k, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, all_rows, cu_q, cu_k, q_rows, k_rows = ctx.saved_tensors
+        q, k, v, out, lse, all_rows, cu_q, cu_k, q_rows, k_rows, *orders = ctx.saved_tensors
         batch, _, heads, dim = q.shape
         kernels = varlen_kernels()
         q2d, k2d, v2d, out2d, grad2d = (x.reshape(-1, dim) for x in (q, k, v, out, grad_out))
         grad_q = torch.zeros(q_rows.numel(), dim, dtype=upcast_dtype(q.dtype), device=q.device)
         grad_k, grad_v = torch.empty_like(k2d), torch.empty_like(v2d)  # every key is in one chunk
-        for c, csr in zip(ctx.chunks, ctx.orders):
+        for c, csr in chunk_orders(ctx.chunks, *orders):
             rows = all_rows[c.row0 : c.row1]
             tokens_of_rows = q_rows[rows]
             keys = k_rows[c.key0 : c.key1]
