@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from vmoba.attention import resolve_backend
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 
 WAN_1_3B = dict(
@@ -121,6 +122,10 @@ def measure(setting: Setting, attention: str, steps: int, backend: str = "auto")
     record = dict(
         tokens=setting.tokens, setting=setting.name, attention=attention,
         backend=backend if attention == "vmoba" else None,
+        resolved_backend=(
+            resolve_backend(backend, device, torch.bfloat16, WAN_1_3B["attention_head_dim"]).name
+            if attention == "vmoba" else None
+        ),
         step_s=statistics.median(seconds[1:]), peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
         density=sum(densities.values()) / 3 if densities else 1.0, density_per_kind=densities,
         date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
@@ -131,13 +136,20 @@ def measure(setting: Setting, attention: str, steps: int, backend: str = "auto")
     return record
 
 
+def _backend_label(record: dict) -> str:
+    backend, resolved = record["backend"], record.get("resolved_backend")
+    if backend is None:
+        return "-"
+    return f"{backend} ({resolved})" if resolved and resolved != backend else backend
+
+
 def markdown(records: list[dict]) -> str:
     lines = ["| setting | tokens | attention | backend | step s | peak GiB | density | speedup vs full |",
              "|---|---|---|---|---|---|---|---|"]
     for r in records:
         full = next(f for f in records if f["tokens"] == r["tokens"] and f["attention"] == "full")
-        lines.append(f"| {r['setting']} | {r['tokens']} | {r['attention']} | {r['backend'] or '-'} | {r['step_s']:.2f} | "
-                     f"{r['peak_mem_gib']:.1f} | {r['density']:.3f} | {full['step_s'] / r['step_s']:.2f}x |")
+        lines.append(f"| {r['setting']} | {r['tokens']} | {r['attention']} | {_backend_label(r)} | {r['step_s']:.2f} | "
+                     f"{r['peak_mem_gib']:.2f} | {r['density']:.3f} | {full['step_s'] / r['step_s']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

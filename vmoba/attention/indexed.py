@@ -19,10 +19,10 @@ Keys are read from one head-major, block-ordered copy of k and v per pass (``[B*
 0.34 GiB at 55K tokens, made again in the backward rather than kept), so each key step is one
 TMA tile load. Nothing packed is kept for the backward. Correct against the reference on the
 CPU (Triton's interpreter: ``tests/test_indexed.py``) and on the H200 (``tests/test_gpu.py``).
-On the H200 at 55,296 tokens, attention alone (selection excluded), it runs a layer's
-forward+backward in 51.3 / 55.1 / 59.5 ms (1D / 2D / 3D) against ``varlen``'s 55.3 / 74.7 /
-89.4 (``eval/results/attention_h200_tune_indexed.txt``); ``auto`` does not pick it until its
-13K-token and training-step numbers exist.
+On the H200 at 55,296 tokens (selection included) it runs a layer's forward+backward in 46.0 /
+52.0 / 59.2 ms (1D / 2D / 3D) against ``varlen``'s 56.9 / 77.4 / 94.2, its forward in 14.3 /
+20.7 / 25.0 against 16.8 / 27.4 / 34.2 (``eval/results/attention_h200.md``), so ``auto`` picks
+it on Hopper GPUs (:func:`available_on`).
 """
 
 from __future__ import annotations
