@@ -226,7 +226,8 @@ class _Work(NamedTuple):
     """Device side: the index tensors the kernels read, saved for the backward through autograd
     (so activation checkpointing drops them with the rest).
 
-    rows: ``[total]`` int64, the plan's query of each packed row in head-major ``[B*H*S]``.
+    rows: ``[total]`` int32, the plan's query of each packed row in head-major ``[B*H*S]``
+    (int32 halves what a layer keeps for its backward: with ``orders``, 8 bytes a packed row).
     cu_q, cu_k: the plan's segment offsets. query_segment / query_start and key_segment /
     key_start: ``[T]`` int32 segment and first row of every query / key tile.
     """
@@ -250,7 +251,7 @@ def _launch(
     key_tiles = int(((partition.block_sizes + size_k - 1) // size_k).sum()) * groups
     block_sizes = partition.on(plan.cu_k.device).block_sizes
     return _Launch(tiles, plan.chunks, [0, *first_query_tile]), _Work(
-        plan.rows,
+        plan.rows.int(),
         plan.cu_q,
         plan.cu_k,
         *_tiles(plan.cu_q.diff(), plan.cu_q[:-1], size_q, first_query_tile[-1]),
@@ -305,14 +306,15 @@ class _IndexedVMoBA(torch.autograd.Function):
                 varlen.destinations(work.rows, c), csr,
             )
         out = varlen.token_major(out, batch, heads, q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, token, k_rows, *orders, *work)
+        ctx.save_for_backward(q, k, v, out, lse, q_rows, k_rows, *orders, *work)
         ctx.launch, ctx.scale = launch, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, token, k_rows, order, starts, *work = ctx.saved_tensors
+        q, k, v, out, lse, q_rows, k_rows, order, starts, *work = ctx.saved_tensors
         work = _Work(*work)
+        token = q_rows[work.rows].int()  # as in the forward: recomputed, not kept
         launch, scale = ctx.launch, ctx.scale
         t = launch.tiles
         batch, _, heads, dim = q.shape

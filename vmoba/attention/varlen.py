@@ -123,9 +123,9 @@ def plan_segments(keep: torch.Tensor, partition: BlockPartition, budget: int) ->
 
 
 def destinations(rows: torch.Tensor, chunk: Chunk) -> torch.Tensor:
-    """The chunk's packed rows as destinations in its ``[dst0, dst1)`` slice of the head-major
-    outputs."""
-    return rows[chunk.row0 : chunk.row1] - chunk.dst0
+    """The chunk's packed rows (int32 or int64) as int64 destinations in its ``[dst0, dst1)``
+    slice of the head-major outputs."""
+    return (rows[chunk.row0 : chunk.row1] - chunk.dst0).long()
 
 
 def destination_orders(
