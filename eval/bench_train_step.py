@@ -147,7 +147,9 @@ def markdown(records: list[dict]) -> str:
     lines = ["| setting | tokens | attention | backend | step s | peak GiB | density | speedup vs full |",
              "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        full = next(f for f in records if f["tokens"] == r["tokens"] and f["attention"] == "full")
+        fulls = [f for f in records if f["tokens"] == r["tokens"] and f["attention"] == "full"]
+        # the full-attention run of the same commit where records from several runs are merged
+        full = next((f for f in fulls if f.get("commit") == r.get("commit")), fulls[0])
         lines.append(f"| {r['setting']} | {r['tokens']} | {r['attention']} | {_backend_label(r)} | {r['step_s']:.2f} | "
                      f"{r['peak_mem_gib']:.2f} | {r['density']:.3f} | {full['step_s'] / r['step_s']:.2f}x |")
     return "\n".join(lines) + "\n"
