@@ -16,13 +16,13 @@ from torch.utils._pytree import tree_leaves
 from vmoba.attention import (
     SelectionConfig,
     block_partition,
+    indexed,
     kept_density,
     resolve_backend,
     token_mask,
     vmoba_attention,
     vmoba_selection,
 )
-from vmoba.attention import indexed
 from vmoba.attention.flex import flex_block_mask, flex_tile_density
 
 TILES = [(16, 16), (32, 16), (16, 24)]  # (query, key) tokens; 24 straddles blocks of every kind

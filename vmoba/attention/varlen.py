@@ -205,7 +205,7 @@ class _VarlenVMoBA(torch.autograd.Function):
             )
             merge_by_lse_into(
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part.squeeze(1), part_lse.view(-1),
-                destinations(plan.rows, c), csr,
+                rows - c.dst0, csr,
             )
         out = token_major(out, batch, heads, q.dtype)
         ctx.save_for_backward(
