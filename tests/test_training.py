@@ -134,6 +134,14 @@ def test_two_process_cli_fit(tmp_path, synthetic_root, strategy, samples):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_cli_destroys_its_process_group_after_a_clean_run(tmp_path, synthetic_root):
+    """A gloo group left to interpreter shutdown can abort the process (SIGABRT) after fit."""
+    VMoBACLI(args=["fit", *_args(tmp_path / "run", synthetic_root), "--trainer.strategy=ddp",
+                   "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_steps=1",
+                   "--trainer.limit_val_batches=0", "--model.num_samples=0"])
+    assert not torch.distributed.is_initialized()
+
+
 def test_ulysses_strategy_gives_each_group_its_share_of_the_data(monkeypatch):
     from lightning.fabric.plugins.environments import LightningEnvironment
     from lightning.fabric.utilities.rank_zero import rank_zero_only

@@ -35,6 +35,11 @@ class VMoBACLI(LightningCLI):
             args=args,
             run=run,
         )
+        if run and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning destroys only NCCL groups at exit. A gloo group left to interpreter
+            # shutdown can abort the process ("terminate called without an active exception",
+            # pytorch/pytorch#190489), so every rank tears its groups down after a clean run.
+            torch.distributed.destroy_process_group()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
