@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import INTERPRETED, random_qkv, rel_error, run_interpreted, tensors_outside_saved
 
-from vmoba.attention import varlen, vmoba_attention
-from vmoba.attention.indexed import triton
+from vmoba.attention import SelectionConfig, varlen, vmoba_attention, vmoba_selection
+from vmoba.attention.indexed import indexed_attention, triton
 
 MODES = [("threshold", "head_global", None), ("topk", "query_head", 2), ("threshold", "block", None)]
 LAYOUTS = {  # (grid, block): ragged for every kind; "long": blocks of 160 and 80 keys, so the
@@ -30,10 +30,6 @@ def test_indexed_matches_reference_interpreted(select, scope, topk, kind, monkey
     kwargs = dict(grid=grid, block=block, select=select, scope=scope, topk=topk)
     exact = vmoba_attention(*(x.double() for x in (q, k, v)), backend="reference", **kwargs)
     exact = (exact, *torch.autograd.grad(exact, (q, k, v), grad.double()))
-    from vmoba.attention.indexed import indexed_attention
-    from vmoba.attention.api import vmoba_selection
-    from vmoba.attention.selection import SelectionConfig
-
     partition, keep = vmoba_selection(
         q, k, grid=grid, block=block, config=SelectionConfig(select, scope, 0.25, topk)
     )

@@ -205,7 +205,7 @@ class _VarlenVMoBA(torch.autograd.Function):
             )
             merge_by_lse_into(
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part.squeeze(1), part_lse.view(-1),
-                rows - c.dst0, csr,
+                destinations(plan.rows, c), csr,
             )
         out = token_major(out, batch, heads, q.dtype)
         ctx.save_for_backward(
@@ -239,7 +239,7 @@ class _VarlenVMoBA(torch.autograd.Function):
                 ctx.max_k,
                 ctx.scale,
             )
-            sum_into(grad_q[c.dst0 : c.dst1], dq.squeeze(1), rows - c.dst0, csr)
+            sum_into(grad_q[c.dst0 : c.dst1], dq.squeeze(1), destinations(all_rows, c), csr)
             grad_k.index_copy_(0, keys, dk.squeeze(1))
             grad_v.index_copy_(0, keys, dv.squeeze(1))
         grad_q = token_major(grad_q, batch, heads, q.dtype)
