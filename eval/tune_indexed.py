@@ -25,11 +25,12 @@ BASE = indexed.Tiles()
 SHAPES = [  # the forward's and dq's query tiles and key steps, then dk/dv's
     BASE,
     replace(BASE, forward=Loop(64, 4, 3), dq=Loop(64, 4, 3)),
-    replace(BASE, forward=Loop(128, 4, 2), dq=Loop(128, 4, 2)),
     replace(BASE, query_tile=128, forward=Loop(64, 8, 3), dq=Loop(64, 8, 3)),
-    replace(BASE, query_tile=128, forward=Loop(128, 8, 2), dq=Loop(128, 8, 2)),
-    replace(BASE, query_tile=128, forward=Loop(64, 8, 2), dq=Loop(32, 8, 3)),
-    replace(BASE, dkdv=Loop(128, 8, 2)),
+    replace(BASE, query_tile=128, forward=Loop(128, 8, 2), dq=Loop(64, 8, 3)),
+    replace(BASE, query_tile=128, forward=Loop(64, 8, 4), dq=Loop(32, 8, 3)),
+    replace(BASE, query_tile=128, forward=Loop(64, 4, 3), dq=Loop(32, 4, 3)),
+    replace(BASE, dkdv=Loop(32, 4, 3)),
+    replace(BASE, dkdv=Loop(64, 8, 3)),
 ]
 
 

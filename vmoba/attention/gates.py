@@ -16,17 +16,20 @@ def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
 def block_mean_keys(k: torch.Tensor, partition: BlockPartition) -> torch.Tensor:
     """Mean key of every block: ``k`` ``[B, S, H, D]`` -> ``[B, N, H, D]`` in :func:`upcast_dtype`.
 
-    A product with the ``[N, S]`` block-averaging matrix rather than an atomic scatter: the sums
-    run in a fixed order, so gates and selection are bitwise reproducible on the GPU (activation
-    checkpointing recomputes the selection and must get the same packing).
+    Each block's tokens are gathered into ``[B, N, W, H, D]`` slots (``W`` the largest block;
+    a smaller block's spare slots weigh 0) and summed in a fixed order, so gates and selection are
+    bitwise reproducible on the GPU (activation checkpointing recomputes the selection and must
+    get the same packing) without an atomic scatter, and at memory speed rather than as an
+    ``[N, S]`` float32 matrix product.
     """
-    batch, tokens, heads, dim = k.shape
     dtype = upcast_dtype(k.dtype)
     part = partition.on(k.device)
-    blocks = torch.arange(part.num_blocks, device=k.device)
-    average = (part.block_index == blocks[:, None]).to(dtype) / part.block_sizes.to(dtype)[:, None]
-    means = average @ k.reshape(batch, tokens, heads * dim).to(dtype)  # [B, N, H*D]
-    return means.view(batch, -1, heads, dim)
+    slot = torch.arange(partition.max_block_size, device=k.device)
+    first = part.block_offsets[:-1, None]
+    inside = slot < part.block_sizes[:, None]  # [N, W]
+    members = part.perm[torch.where(inside, first + slot, first)]  # [N, W] tokens (spares: any)
+    weight = inside.to(dtype) / part.block_sizes.to(dtype)[:, None]
+    return (k[:, members].to(dtype) * weight[:, :, None, None]).sum(2)
 
 
 @torch.no_grad()

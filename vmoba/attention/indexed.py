@@ -95,12 +95,43 @@ if triton is not None:
         return tl.load(ptr + index[:, None] * DIM + dims[None, :], mask=live[:, None], other=0.0)
 
     @triton.jit
-    def _key_step(k_desc, v_desc, first, end, BLOCK_K: tl.constexpr):
-        """Key rows ``first + [0, BLOCK_K)`` of the block-ordered keys: their mask (before
-        ``end``, the segment's last key) and k and v tiles. Rows past ``end`` hold the next
-        segment's keys (or zeros past the tensor): callers mask their scores."""
-        valid = first + tl.arange(0, BLOCK_K) < end
-        return valid, k_desc.load([first, 0]), v_desc.load([first, 0])
+    def _valid_keys(first, end, BLOCK_K: tl.constexpr):
+        """Which of the key rows ``first + [0, BLOCK_K)`` lie before ``end``, the segment's end.
+        Rows past it hold the next segment's keys (or zeros past the tensor)."""
+        return first + tl.arange(0, BLOCK_K) < end
+
+    @triton.jit
+    def _forward_step(
+        q, k_desc, v_desc, first, end, peak, norm, acc, scale,
+        BLOCK_K: tl.constexpr, MASKED: tl.constexpr,
+    ):
+        """One online-softmax step over key rows ``first + [0, BLOCK_K)`` (TMA tiles of the
+        block-ordered k and v): the running row maximum ``peak`` and sum ``norm`` (base 2) and the
+        float32 accumulator ``acc``. Only a segment's last, partial step is ``MASKED``."""
+        scores = tl.dot(q, tl.trans(k_desc.load([first, 0]))) * (scale * _LOG2E)
+        if MASKED:
+            scores = tl.where(_valid_keys(first, end, BLOCK_K)[None, :], scores, float("-inf"))
+        new_peak = tl.maximum(peak, tl.max(scores, axis=1))
+        rescale = tl.exp2(peak - new_peak)
+        probs = tl.exp2(scores - new_peak[:, None])
+        norm = norm * rescale + tl.sum(probs, axis=1)
+        v = v_desc.load([first, 0])  # after the softmax, as FlexAttention's template loads it
+        acc = tl.dot(probs.to(v.dtype), v, acc * rescale[:, None])
+        return new_peak, norm, acc
+
+    @triton.jit
+    def _dq_step(
+        q, do, lse2, delta, k_desc, v_desc, first, end, dq, scale,
+        BLOCK_K: tl.constexpr, MASKED: tl.constexpr,
+    ):
+        """One key step of dq (rows ``first + [0, BLOCK_K)``), given the merged log-sum-exp in
+        base 2 (``lse2``); only a segment's last, partial step is ``MASKED``."""
+        k = k_desc.load([first, 0])
+        probs = tl.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) - lse2[:, None])
+        if MASKED:
+            probs = tl.where(_valid_keys(first, end, BLOCK_K)[None, :], probs, 0.0)
+        dscores = probs * (tl.dot(do, tl.trans(v_desc.load([first, 0]))) - delta[:, None])
+        return tl.dot(dscores.to(k.dtype), k, dq)
 
     @triton.jit
     def _query_rows(
@@ -133,17 +164,17 @@ if triton is not None:
         peak = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
         norm = tl.zeros([BLOCK_Q], dtype=tl.float32)
         acc = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
+        key_first = tl.load(cu_k_ptr + seg)
         key_end = tl.load(cu_k_ptr + seg + 1)
-        for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
-            valid, k, v = _key_step(k_desc, v_desc, first, key_end, BLOCK_K)
-            scores = tl.dot(q, tl.trans(k)) * (scale * _LOG2E)
-            scores = tl.where(valid[None, :], scores, float("-inf"))
-            new_peak = tl.maximum(peak, tl.max(scores, axis=1))
-            rescale = tl.exp2(peak - new_peak)
-            probs = tl.exp2(scores - new_peak[:, None])
-            norm = norm * rescale + tl.sum(probs, axis=1)
-            acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
-            peak = new_peak
+        full_end = key_first + (key_end - key_first) // BLOCK_K * BLOCK_K
+        for first in range(key_first, full_end, BLOCK_K):
+            peak, norm, acc = _forward_step(
+                q, k_desc, v_desc, first, key_end, peak, norm, acc, scale, BLOCK_K, False
+            )
+        if full_end < key_end:
+            peak, norm, acc = _forward_step(
+                q, k_desc, v_desc, full_end, key_end, peak, norm, acc, scale, BLOCK_K, True
+            )
         local = (rows - row0).to(tl.int64)
         out = acc / norm[:, None]
         tl.store(out_ptr + local[:, None] * DIM + dims[None, :], out.to(out_ptr.dtype.element_ty),
@@ -174,9 +205,9 @@ if triton is not None:
             )
             # rows past the segment load as zeros (q, do, lse, delta): they add nothing below
             probs = tl.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) - lse[:, None] * _LOG2E)
-            dv += tl.dot(tl.trans(probs.to(do.dtype)), do)
+            dv = tl.dot(tl.trans(probs.to(do.dtype)), do, dv)
             dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
-            dk += tl.dot(tl.trans(dscores.to(q.dtype)), q)
+            dk = tl.dot(tl.trans(dscores.to(q.dtype)), q, dk)
         out = key[:, None] * DIM + dims[None, :]
         tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=valid[:, None])
         tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=valid[:, None])
@@ -196,13 +227,16 @@ if triton is not None:
         )
         dims = tl.arange(0, DIM)
         dq = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
+        lse2 = lse * _LOG2E
+        key_first = tl.load(cu_k_ptr + seg)
         key_end = tl.load(cu_k_ptr + seg + 1)
-        for first in range(tl.load(cu_k_ptr + seg), key_end, BLOCK_K):
-            valid, k, v = _key_step(k_desc, v_desc, first, key_end, BLOCK_K)
-            probs = tl.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) - lse[:, None] * _LOG2E)
-            probs = tl.where(valid[None, :], probs, 0.0)
-            dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
-            dq += tl.dot(dscores.to(k.dtype), k)
+        full_end = key_first + (key_end - key_first) // BLOCK_K * BLOCK_K
+        for first in range(key_first, full_end, BLOCK_K):
+            dq = _dq_step(q, do, lse2, delta, k_desc, v_desc, first, key_end, dq, scale,
+                          BLOCK_K, False)
+        if full_end < key_end:
+            dq = _dq_step(q, do, lse2, delta, k_desc, v_desc, full_end, key_end, dq, scale,
+                          BLOCK_K, True)
         local = (rows - row0).to(tl.int64)
         tl.store(dq_ptr + local[:, None] * DIM + dims[None, :], dq * scale, mask=live[:, None])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -52,6 +53,11 @@ class BlockPartition:
     @property
     def num_blocks(self) -> int:
         return int(self.block_sizes.numel())
+
+    @property
+    def max_block_size(self) -> int:
+        """Tokens in the largest block: a whole cuboid (only blocks at a ragged edge are smaller)."""
+        return math.prod(self.block_shape)
 
     @property
     def num_tokens(self) -> int:

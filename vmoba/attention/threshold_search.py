@@ -10,7 +10,8 @@ entries per layer at 55K tokens). The same cut-off is the largest gate ``v`` wit
 and ``F`` only falls as ``v`` grows, so ``v`` can be searched for. Gates are mapped to int32
 keys in the same order (:func:`order_keys`); each pass evaluates ``F`` (and the entry count) at 16
 keys spread over the remaining range, so 8 passes of one read each pin the exact key (16^8 =
-2^32). Entries equal to the cut-off are kept in pool order, as the reference's stable sort does.
+2^32). A pass does the per-candidate float64 work only for the entries inside the candidates'
+range (the others add to all candidates or to none), so after its first passes it is one read. Entries equal to the cut-off are kept in pool order, as the reference's stable sort does.
 The masses are float64 sums in a different order from the reference's running sum; they can
 only disagree when a prefix mass lands within rounding (~1e-16 relative) of ``T``.
 
@@ -35,7 +36,7 @@ except ImportError:  # CPU-only installs: the torch version is used
 CANDIDATES = 16
 """Keys evaluated per pass: 8 passes cover the 2^32 int32 keys."""
 _PASSES = 8
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_INT32_MAX = 2**31 - 1
 _FLIP = 0x7FFFFFFF
 
 
@@ -121,8 +122,13 @@ if triton is not None:
         pool = tl.program_id(0)
         part = tl.program_id(1)
         cands = tl.load(cands_ptr + pool * NUM_CANDS + tl.arange(0, NUM_CANDS))
+        first, last = tl.min(cands), tl.max(cands)
         low = tl.load(low_ptr + pool)
-        # per-lane accumulators, reduced once at the end
+        # Entries above every candidate count for all of them: one float64 add each into
+        # ``above``. Only a block holding an entry inside [first, last] does the [BLOCK,
+        # NUM_CANDS] work, and after the search's first passes few blocks do.
+        above = tl.zeros([BLOCK], dtype=tl.float64)
+        above_count = tl.zeros([BLOCK], dtype=tl.int32)
         mass = tl.zeros([BLOCK, NUM_CANDS], dtype=tl.float64)
         count = tl.zeros([BLOCK, NUM_CANDS], dtype=tl.int32)
         start = part * chunk
@@ -130,12 +136,21 @@ if triton is not None:
             g, keys, is_self, valid = _load_entries(
                 gates_ptr, self_ptr, self_pool_stride, pool, offset + tl.arange(0, BLOCK), entries
             )
-            hit = (keys[:, None] >= cands[None, :]) & (valid & ~is_self)[:, None]
-            mass += tl.where(hit, (g.to(tl.float64) - low)[:, None], 0.0)
-            count += hit.to(tl.int32)
+            other = valid & ~is_self
+            weight = g.to(tl.float64) - low
+            top = other & (keys > last)
+            above += tl.where(top, weight, 0.0)
+            above_count += top.to(tl.int32)
+            inside = other & (keys >= first) & (keys <= last)
+            if tl.sum(inside.to(tl.int32), axis=0) > 0:
+                hit = (keys[:, None] >= cands[None, :]) & inside[:, None]
+                mass += tl.where(hit, weight[:, None], 0.0)
+                count += hit.to(tl.int32)
+        mass = tl.sum(mass, axis=0) + tl.sum(above, axis=0)
+        count = tl.sum(count, axis=0) + tl.sum(above_count, axis=0)
         out = (pool * parts + part) * NUM_CANDS + tl.arange(0, NUM_CANDS)
-        tl.store(mass_ptr + out, tl.sum(mass, axis=0))
-        tl.store(count_ptr + out, tl.sum(count, axis=0))
+        tl.store(mass_ptr + out, mass)
+        tl.store(count_ptr + out, count)
 
     @triton.jit
     def _keep_flags_kernel(
@@ -249,8 +264,9 @@ def search_keep(
     """
     num_pools = pools.shape[0]
     steps = torch.arange(CANDIDATES, device=pools.device)
-    lo = torch.full((num_pools,), _INT32_MIN, dtype=torch.int64, device=pools.device)
-    hi = torch.full_like(lo, _INT32_MAX)
+    # the cut-off lies between the pool's least and greatest keys: at most 2^32 keys apart
+    lo = order_keys(low.float()).long()
+    hi = order_keys(pools.amax(-1)).long()
     keep_all = None
     for _ in range(_PASSES):  # invariant: F(lo) >= T, the cut-off key lies in [lo, hi]
         step = (hi - lo) // CANDIDATES + 1
