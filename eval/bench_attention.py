@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -114,7 +116,19 @@ def _dense(q, k, v, backend: SDPBackend) -> Callable[[], torch.Tensor]:
     return attend
 
 
-def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> list[dict]:
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` without git."""
+    try:
+        run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=True).stdout
+        head = run("git", "rev-parse", "HEAD").strip()
+        return head + ("+dirty" if run("git", "status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(
+    settings: list[Setting], backends: list[str], heads: int, dim: int, commit: str
+) -> list[dict]:
     device = torch.cuda.get_device_name()
     records = []
     for setting in settings:
@@ -133,6 +147,7 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
             config = SelectionConfig(setting.select, setting.scope, setting.threshold, topk)
             part, keep = vmoba_selection(q, k, grid=setting.grid, block=block, config=config)
             density = kept_density(keep, part).item()
+            kept_flop = 4 * density * heads * setting.tokens**2 * dim  # forward, B = 1
             tile_density = flex_tile_density(keep, part).item()  # the work flex does
             select_ms = _time(
                 lambda: vmoba_selection(q, k, grid=setting.grid, block=block, config=config), []
@@ -153,6 +168,7 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
                         backend=backend,
                     )
 
+                fwd_ms = _time(attend, [q, k, v])
                 record = dict(
                     tokens=setting.tokens,
                     layer_kind=kind,
@@ -162,16 +178,18 @@ def run(settings: list[Setting], backends: list[str], heads: int, dim: int) -> l
                     scope=setting.scope,
                     topk=topk,
                     backend=backend,
-                    fwd_ms=_time(attend, [q, k, v]),
+                    fwd_ms=fwd_ms,
                     fwd_bwd_ms=_time(_fwd_bwd(attend, grad), [q, k, v]),
                     selection_ms=select_ms,
                     **dense,
                     density=density,
+                    kept_fwd_tflops=kept_flop / fwd_ms / 1e9,
                     flex_tile_density=tile_density,
                     extra_peak_mem_gib=_peak_gib(_fwd_bwd(attend, grad)) - dense_peak,
                     date=datetime.date.today().isoformat(),
                     device=device,
                     torch=torch.__version__,
+                    commit=commit,
                 )
                 records.append(record)
                 print(json.dumps(record), flush=True)
@@ -183,8 +201,8 @@ def markdown(records: list[dict]) -> str:
     lines = [
         "| tokens | kind | blocks | select | backend | density | fwd ms | fwd+bwd ms | selection ms "
         "| cuDNN fwd / fwd+bwd ms | FA2 fwd / fwd+bwd ms | speedup fwd / fwd+bwd vs cuDNN "
-        "| x density (fwd+bwd) | extra peak GiB |",
-        "|" + "---|" * 14,
+        "| x density (fwd+bwd) | fwd TFLOP/s on kept pairs | extra peak GiB |",
+        "|" + "---|" * 15,
     ]
     for r in records:
         fwd, both = (
@@ -196,7 +214,8 @@ def markdown(records: list[dict]) -> str:
             f"| {r['density']:.3f} | {r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['selection_ms']:.2f} "
             f"| {r['dense_cudnn_fwd_ms']:.2f} / {r['dense_cudnn_fwd_bwd_ms']:.2f} "
             f"| {r['dense_fa2_fwd_ms']:.2f} / {r['dense_fa2_fwd_bwd_ms']:.2f} "
-            f"| {fwd:.2f}x / {both:.2f}x | {both * r['density']:.2f} | {r['extra_peak_mem_gib']:.2f} |"
+            f"| {fwd:.2f}x / {both:.2f}x | {both * r['density']:.2f} | {r['kept_fwd_tflops']:.0f} "
+            f"| {r['extra_peak_mem_gib']:.2f} |"
         )
     lines += [
         "",
@@ -238,16 +257,22 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--out-dir", type=Path, default=Path("eval/results"))
+    parser.add_argument(
+        "--commit", default=None, help="recorded commit (default: the checkout's, from git)"
+    )
     args = parser.parse_args()
     torch._dynamo.config.recompile_limit = 64  # flex compiles once per (tokens, layer kind)
     settings = [s for s in SETTINGS if s.tokens in args.tokens]
-    records = run(settings, args.backends, args.heads, args.dim)
+    commit = args.commit or _commit()
+    records = run(settings, args.backends, args.heads, args.dim, commit)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "attention_h200.json").write_text(json.dumps(records, indent=1) + "\n")
     table = markdown(records)
     (args.out_dir / "attention_h200.md").write_text(
         "# VMoBA attention vs dense SDPA (B=1, H=12, D=128, bf16)\n\n"
-        f"Command: `python -m eval.bench_attention --backends {' '.join(args.backends)}`\n\n"
+        f"Command: `python -m eval.bench_attention {' '.join(sys.argv[1:])}`\n\n"
+        f"Written by that command on {datetime.date.today().isoformat()}: "
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit `{commit}`.\n\n"
         + table
     )
     print(table)

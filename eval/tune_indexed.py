@@ -22,15 +22,13 @@ from vmoba.attention.indexed import Loop
 from vmoba.attention.varlen import varlen_attention
 
 BASE = indexed.Tiles()
-SHAPES = [  # the forward's and dq's query tiles and key steps, then dk/dv's
+SHAPES = [  # Loop(tile, step, warps, stages): the forward's, then dq's, then dk/dv's
     BASE,
-    replace(BASE, forward=Loop(64, 4, 3), dq=Loop(64, 4, 3)),
-    replace(BASE, query_tile=128, forward=Loop(64, 8, 3), dq=Loop(64, 8, 3)),
-    replace(BASE, query_tile=128, forward=Loop(128, 8, 2), dq=Loop(64, 8, 3)),
-    replace(BASE, query_tile=128, forward=Loop(64, 8, 4), dq=Loop(32, 8, 3)),
-    replace(BASE, query_tile=128, forward=Loop(64, 4, 3), dq=Loop(32, 4, 3)),
-    replace(BASE, dkdv=Loop(32, 4, 3)),
-    replace(BASE, dkdv=Loop(64, 8, 3)),
+    replace(BASE, forward=Loop(64, 32, 4, 3)),
+    replace(BASE, forward=Loop(128, 64, 8, 3)),
+    replace(BASE, dq=Loop(64, 64, 4, 3)),
+    replace(BASE, dq=Loop(128, 64, 8, 3)),
+    replace(BASE, dkdv=Loop(64, 32, 4, 3)),
 ]
 
 

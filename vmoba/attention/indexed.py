@@ -3,8 +3,7 @@
 The same segments as :mod:`vmoba.attention.varlen`: the queries of one (sample, head) that kept
 block ``j`` attend to block ``j``'s keys; segment outputs merge by their log-sum-exps. FA2's
 varlen kernels take packed rows, so that backend copies every query once per kept block (and,
-in the backward, its gradient and output too): 21% of a 2D layer at 55K tokens on the H200
-(``eval/results/attention_h200_profile_55k_2d.txt``). These kernels load query rows (and their
+in the backward, its gradient and output too). These kernels load query rows (and their
 gradients) straight from ``[B, S, H, D]`` by index:
 
 - forward: one program per query tile of a segment, online softmax over the block's keys;
@@ -17,12 +16,11 @@ gradients) straight from ``[B, S, H, D]`` by index:
 
 Keys are read from one head-major, block-ordered copy of k and v per pass (``[B*H*S, D]``,
 0.34 GiB at 55K tokens, made again in the backward rather than kept), so each key step is one
-TMA tile load. Nothing packed is kept for the backward. Correct against the reference on the
-CPU (Triton's interpreter: ``tests/test_indexed.py``) and on the H200 (``tests/test_gpu.py``).
-On the H200 at 55,296 tokens (selection included) it runs a layer's forward+backward in 46.0 /
-52.0 / 59.2 ms (1D / 2D / 3D) against ``varlen``'s 56.9 / 77.4 / 94.2, its forward in 14.3 /
-20.7 / 25.0 against 16.8 / 27.4 / 34.2 (``eval/results/attention_h200.md``), so ``auto`` picks
-it on Hopper GPUs (:func:`available_on`).
+TMA tile load. Only a segment's last key step, where it ends inside the tile, is masked; the
+products accumulate in place and v is loaded after the softmax, as in FlexAttention's Triton
+template. Nothing packed is kept for the backward. Correct against the reference on the CPU
+(Triton's interpreter: ``tests/test_indexed.py``) and on the H200 (``tests/test_gpu.py``);
+timings in ``eval/results/attention_h200.md``.
 """
 
 from __future__ import annotations
@@ -47,9 +45,11 @@ except ImportError:  # CPU-only installs, or Triton before 3.3: the backend is u
 
 @dataclass(frozen=True)
 class Loop:
-    """One kernel's inner loop: ``step`` rows per iteration (keys in the forward and dq, queries
-    in dk/dv), ``warps`` per program, ``stages`` of software pipelining of its loads."""
+    """One kernel's launch shape: ``tile`` rows per program (queries in the forward and dq, keys
+    in dk/dv), ``step`` rows per iteration of its inner loop (keys in the forward and dq,
+    queries in dk/dv), ``warps`` per program, ``stages`` of software pipelining of its loads."""
 
+    tile: int
     step: int
     warps: int
     stages: int
@@ -57,14 +57,12 @@ class Loop:
 
 @dataclass(frozen=True)
 class Tiles:
-    """Launch shapes of the three kernels (``eval/tune_indexed.py`` times alternatives):
-    ``query_tile`` query rows per forward / dq program, ``key_tile`` key rows per dk/dv program."""
+    """Launch shapes of the three kernels, tuned on the H200 by ``eval/tune_indexed.py``: the
+    forward runs fastest on one-warpgroup 64-query tiles, dq on two-warpgroup 128-query tiles."""
 
-    query_tile: int = 64
-    key_tile: int = 64
-    forward: Loop = Loop(32, 4, 3)
-    dkdv: Loop = Loop(64, 4, 3)
-    dq: Loop = Loop(32, 4, 3)
+    forward: Loop = Loop(64, 64, 4, 3)
+    dkdv: Loop = Loop(64, 64, 4, 3)
+    dq: Loop = Loop(128, 32, 8, 3)
 
 
 TILES = Tiles()
@@ -244,16 +242,18 @@ if triton is not None:
 @dataclass(frozen=True)
 class _Launch:
     """Host side of one call's work, for the grids: launch shapes, the plan's chunks, and
-    ``first_query_tile`` ``[segments + 1]``, the index of each segment's first query tile."""
+    ``first_forward_tile`` / ``first_dq_tile`` ``[segments + 1]``, the index of each segment's
+    first query tile of the forward's and of dq's size."""
 
     tiles: Tiles
     chunks: tuple[varlen.Chunk, ...]
-    first_query_tile: list[int]
+    first_forward_tile: list[int]
+    first_dq_tile: list[int]
 
-    def chunk_tiles(self, chunk: varlen.Chunk) -> tuple[int, int]:
-        """The chunk's first query tile and its number of tiles."""
-        first = self.first_query_tile[chunk.seg0]
-        return first, self.first_query_tile[chunk.seg1] - first
+    def chunk_tiles(self, chunk: varlen.Chunk, first_tile: list[int]) -> tuple[int, int]:
+        """The chunk's first query tile (of ``first_tile``'s size) and its number of tiles."""
+        first = first_tile[chunk.seg0]
+        return first, first_tile[chunk.seg1] - first
 
 
 class _Work(NamedTuple):
@@ -262,17 +262,24 @@ class _Work(NamedTuple):
 
     rows: ``[total]`` int32, the plan's query of each packed row in head-major ``[B*H*S]``
     (int32 halves what a layer keeps for its backward: with ``orders``, 8 bytes a packed row).
-    cu_q, cu_k: the plan's segment offsets. query_segment / query_start and key_segment /
-    key_start: ``[T]`` int32 segment and first row of every query / key tile.
+    cu_q, cu_k: the plan's segment offsets. ``*_segment`` / ``*_start``: ``[T]`` int32 segment
+    and first row of every forward query tile, dq query tile and dk/dv key tile.
     """
 
     rows: torch.Tensor
     cu_q: torch.Tensor
     cu_k: torch.Tensor
-    query_segment: torch.Tensor
-    query_start: torch.Tensor
+    forward_segment: torch.Tensor
+    forward_start: torch.Tensor
+    dq_segment: torch.Tensor
+    dq_start: torch.Tensor
     key_segment: torch.Tensor
     key_start: torch.Tensor
+
+
+def _first_tiles(counts: torch.Tensor, size: int) -> list[int]:
+    """``[segments + 1]`` index of each segment's first tile of ``size`` rows (host ints)."""
+    return [0, *torch.cumsum((counts + size - 1) // size, 0).tolist()]
 
 
 def _launch(
@@ -280,15 +287,18 @@ def _launch(
 ) -> tuple[_Launch, _Work]:
     """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs. Tile counts come from
     the host copies (the plan's segment sizes, the CPU partition's block sizes)."""
-    size_q, size_k = tiles.query_tile, tiles.key_tile
-    first_query_tile = torch.cumsum((plan.counts + size_q - 1) // size_q, 0).tolist()
+    first_forward = _first_tiles(plan.counts, tiles.forward.tile)
+    first_dq = _first_tiles(plan.counts, tiles.dq.tile)
+    size_k = tiles.dkdv.tile
     key_tiles = int(((partition.block_sizes + size_k - 1) // size_k).sum()) * groups
     block_sizes = partition.on(plan.cu_k.device).block_sizes
-    return _Launch(tiles, plan.chunks, [0, *first_query_tile]), _Work(
+    counts, starts = plan.cu_q.diff(), plan.cu_q[:-1]
+    return _Launch(tiles, plan.chunks, first_forward, first_dq), _Work(
         plan.rows.int(),
         plan.cu_q,
         plan.cu_k,
-        *_tiles(plan.cu_q.diff(), plan.cu_q[:-1], size_q, first_query_tile[-1]),
+        *_tiles(counts, starts, tiles.forward.tile, first_forward[-1]),
+        *_tiles(counts, starts, tiles.dq.tile, first_dq[-1]),
         *_tiles(block_sizes.repeat(groups), plan.cu_k[:-1], size_k, key_tiles),
     )
 
@@ -324,15 +334,15 @@ class _IndexedVMoBA(torch.autograd.Function):
         lse = torch.full(q_rows.shape, float("-inf"), dtype=torch.float32, device=q.device)
         orders = varlen.destination_orders(work.rows, launch.chunks)
         for c, csr in varlen.chunk_orders(launch.chunks, *orders):
-            tile0, tiles = launch.chunk_tiles(c)
+            tile0, tiles = launch.chunk_tiles(c, launch.first_forward_tile)
             if tiles == 0:
                 continue
             part = torch.empty(c.row1 - c.row0, dim, dtype=q.dtype, device=q.device)
             part_lse = torch.empty(c.row1 - c.row0, dtype=torch.float32, device=q.device)
             _forward_kernel[(tiles,)](
-                q, k_desc, v_desc, token, work.cu_q, work.cu_k, work.query_segment,
-                work.query_start, part, part_lse, tile0, c.row0, scale,
-                DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.forward.step,
+                q, k_desc, v_desc, token, work.cu_q, work.cu_k, work.forward_segment,
+                work.forward_start, part, part_lse, tile0, c.row0, scale,
+                DIM=dim, BLOCK_Q=t.forward.tile, BLOCK_K=t.forward.step,
                 num_warps=t.forward.warps, num_stages=t.forward.stages,
             )
             merge_by_lse_into(
@@ -359,19 +369,19 @@ class _IndexedVMoBA(torch.autograd.Function):
         _dkdv_kernel[(work.key_segment.numel(),)](
             q, k_blocks, v_blocks, grad_out, lse, delta, token, work.rows, k_rows, work.cu_q,
             work.cu_k, work.key_segment, work.key_start, grad_k, grad_v, scale,
-            DIM=dim, BLOCK_Q=t.dkdv.step, BLOCK_K=t.key_tile,
+            DIM=dim, BLOCK_Q=t.dkdv.step, BLOCK_K=t.dkdv.tile,
             num_warps=t.dkdv.warps, num_stages=t.dkdv.stages,
         )
         grad_q = torch.zeros(lse.numel(), dim, dtype=torch.float32, device=q.device)
         for c, csr in varlen.chunk_orders(launch.chunks, order, starts):
-            tile0, tiles = launch.chunk_tiles(c)
+            tile0, tiles = launch.chunk_tiles(c, launch.first_dq_tile)
             if tiles == 0:
                 continue
             dq = torch.empty(c.row1 - c.row0, dim, dtype=torch.float32, device=q.device)
             _dq_kernel[(tiles,)](
                 q, k_desc, v_desc, grad_out, lse, delta, token, work.rows, work.cu_q, work.cu_k,
-                work.query_segment, work.query_start, dq, tile0, c.row0, scale,
-                DIM=dim, BLOCK_Q=t.query_tile, BLOCK_K=t.dq.step,
+                work.dq_segment, work.dq_start, dq, tile0, c.row0, scale,
+                DIM=dim, BLOCK_Q=t.dq.tile, BLOCK_K=t.dq.step,
                 num_warps=t.dq.warps, num_stages=t.dq.stages,
             )
             sum_into(grad_q[c.dst0 : c.dst1], dq, varlen.destinations(work.rows, c), csr)

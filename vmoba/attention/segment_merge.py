@@ -5,8 +5,8 @@ of a query's rows into its running attention output by their log-sum-exps; ``sum
 to its running query gradient. Both accumulate in float32 buffers, so the rows of one query may
 arrive in several batches (the varlen backend's memory-bounded chunks). Float64 accumulators
 (float64 inputs, CPU tests) take the torch path. On CUDA a Triton kernel
-walks each destination's rows in a CSR order (no atomics, no float32 copy of the packed rows);
-elsewhere ``index_add`` does the same math.
+walks each destination's rows in a CSR order (no atomics, no float32 copy of the packed rows),
+16 destinations a program; elsewhere ``index_add`` does the same math.
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ CSR = tuple[torch.Tensor, torch.Tensor]
 def rows_by_destination(rows: torch.Tensor, total: int) -> CSR:
     """CSR view of packed rows: ``order`` ``[T]`` lists packed rows grouped by destination
     (ascending), ``starts`` ``[total + 1]`` where each destination's group begins. No host sync
-    (``bincount`` on CUDA would read the largest row back)."""
-    destinations, order = torch.sort(rows, stable=True)
-    starts = torch.searchsorted(destinations, torch.arange(total + 1, device=rows.device))
+    (``bincount`` on CUDA would read the largest row back). Destinations below 2^31 sort as int32
+    keys: a radix sort then makes half the passes of int64 keys."""
+    dtype = torch.int32 if total < 2**31 else torch.int64
+    destinations, order = torch.sort(rows.to(dtype), stable=True)
+    starts = torch.searchsorted(
+        destinations, torch.arange(total + 1, dtype=dtype, device=rows.device)
+    )
     return order, starts
 
 
@@ -36,36 +40,48 @@ if triton is not None:
 
     @triton.jit
     def _reduce_rows_kernel(
-        x_ptr, lse_ptr, order_ptr, starts_ptr, out_ptr, out_lse_ptr, dim,
-        BLOCK_D: tl.constexpr, BY_LSE: tl.constexpr,
+        x_ptr, lse_ptr, order_ptr, starts_ptr, out_ptr, out_lse_ptr, total, dim,
+        ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BY_LSE: tl.constexpr,
     ):
-        row = tl.program_id(0)
-        start = tl.load(starts_ptr + row)
-        end = tl.load(starts_ptr + row + 1)
-        if start == end:  # no rows for this destination in this batch: keep its running value
-            return
+        # ROWS destinations per program, their i-th packed rows read together: independent
+        # loads in flight instead of one destination's chain of dependent ones
+        dst = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        start = tl.load(starts_ptr + dst, mask=dst < total, other=0)
+        count = tl.load(starts_ptr + dst + 1, mask=dst < total, other=0) - start
+        touched = count > 0  # destinations without rows in this batch keep their running value
         cols = tl.arange(0, BLOCK_D)
-        valid = cols < dim
-        acc = tl.load(out_ptr + row * dim + cols, mask=valid, other=0.0)
+        tile = dst.to(tl.int64)[:, None] * dim + cols[None, :]
+        in_tile = touched[:, None] & (cols < dim)[None, :]
+        acc = tl.load(out_ptr + tile, mask=in_tile, other=0.0)
         if BY_LSE:  # the running (output, lse) is one more row of the online softmax
-            peak = tl.load(out_lse_ptr + row)
+            peak = tl.load(out_lse_ptr + dst, mask=touched, other=float("-inf"))
             norm = (peak > float("-inf")).to(tl.float32)
-        for e in range(start, end):
-            src = tl.load(order_ptr + e).to(tl.int64)
-            x = tl.load(x_ptr + src * dim + cols, mask=valid, other=0.0).to(tl.float32)
+        for i in range(0, tl.max(count, axis=0)):
+            has = i < count
+            src = tl.load(order_ptr + start + i, mask=has, other=0).to(tl.int64)
+            x = tl.load(x_ptr + src[:, None] * dim + cols[None, :],
+                        mask=has[:, None] & in_tile, other=0.0).to(tl.float32)
             if BY_LSE:
-                lse = tl.load(lse_ptr + src)
-                new_peak = tl.maximum(peak, lse)
-                scale, weight = tl.exp(peak - new_peak), tl.exp(lse - new_peak)
-                acc = acc * scale + x * weight
+                lse = tl.load(lse_ptr + src, mask=has, other=0.0)
+                new_peak = tl.where(has, tl.maximum(peak, lse), peak)
+                scale = tl.where(has, tl.exp(peak - new_peak), 1.0)
+                weight = tl.where(has, tl.exp(lse - new_peak), 0.0)
+                acc = acc * scale[:, None] + x * weight[:, None]
                 norm = norm * scale + weight
                 peak = new_peak
             else:
                 acc += x
         if BY_LSE:
-            acc = acc / norm
-            tl.store(out_lse_ptr + row, peak + tl.log(norm))
-        tl.store(out_ptr + row * dim + cols, acc, mask=valid)
+            acc = acc / tl.where(touched, norm, 1.0)[:, None]
+            tl.store(out_lse_ptr + dst, peak + tl.log(norm), mask=touched)
+        tl.store(out_ptr + tile, acc, mask=in_tile)
+
+    _ROWS = 16
+
+
+def kernel_runs(x: torch.Tensor) -> bool:
+    """Whether the reductions of ``x``'s rows run the Triton kernel (CUDA tensors)."""
+    return triton is not None and x.is_cuda
 
 
 def _check_accumulator(out: torch.Tensor) -> None:
@@ -74,12 +90,13 @@ def _check_accumulator(out: torch.Tensor) -> None:
 
 
 def _reduce_on_gpu(x, lse, rows, out, out_lse, by_lse: bool, csr: CSR | None) -> bool:
-    if triton is None or not x.is_cuda or out.dtype != torch.float32:
+    if not kernel_runs(x) or out.dtype != torch.float32:
         return False
     order, starts = csr if csr is not None else rows_by_destination(rows, out.shape[0])
-    _reduce_rows_kernel[(out.shape[0],)](
-        x.contiguous(), lse, order, starts, out, out_lse, x.shape[-1],
-        BLOCK_D=triton.next_power_of_2(x.shape[-1]), BY_LSE=by_lse,
+    total = out.shape[0]
+    _reduce_rows_kernel[(triton.cdiv(total, _ROWS),)](
+        x.contiguous(), lse, order, starts, out, out_lse, total, x.shape[-1],
+        ROWS=_ROWS, BLOCK_D=triton.next_power_of_2(x.shape[-1]), BY_LSE=by_lse,
     )
     return True
 

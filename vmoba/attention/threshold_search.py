@@ -11,15 +11,16 @@ and ``F`` only falls as ``v`` grows, so ``v`` can be searched for. Gates are map
 keys in the same order (:func:`order_keys`); each pass evaluates ``F`` (and the entry count) at 16
 keys spread over the remaining range, so 8 passes of one read each pin the exact key (16^8 =
 2^32). A pass does the per-candidate float64 work only for the entries inside the candidates'
-range (the others add to all candidates or to none), so after its first passes it is one read. Entries equal to the cut-off are kept in pool order, as the reference's stable sort does.
+range (the others add to all candidates or to none), so after its first passes it is one wide
+read. Entries equal to the cut-off are kept in pool order, as the reference's stable sort does.
 The masses are float64 sums in a different order from the reference's running sum; they can
 only disagree when a prefix mass lands within rounding (~1e-16 relative) of ``T``.
 
 ``candidate_masses`` and ``keep_flags`` are Triton kernels on CUDA (registered with
 ``torch.library.triton_op``, so the compiled selection traces them); their torch versions (any
 device) are what the kernels are tested against. On the H200 a pass over a 55K-token 2D layer's
-pools (32 M entries) takes 0.34 ms, bound by its ``[entries, 16]`` float64 accumulation rather
-than by memory (``eval/results/attention_h200_notes.md``, session 3).
+pools (32 M entries) reads ~160 MB; its time is bound by how many bytes each program keeps in
+flight, hence wide steps of ``_BLOCK`` entries.
 """
 
 from __future__ import annotations
@@ -117,40 +118,45 @@ if triton is not None:
     def _candidate_masses_kernel(
         gates_ptr, self_ptr, self_pool_stride, low_ptr, cands_ptr, mass_ptr, count_ptr,
         entries, chunk, parts,
-        NUM_CANDS: tl.constexpr, BLOCK: tl.constexpr,
+        NUM_CANDS: tl.constexpr, BLOCK: tl.constexpr, SUB: tl.constexpr,
     ):
         pool = tl.program_id(0)
         part = tl.program_id(1)
         cands = tl.load(cands_ptr + pool * NUM_CANDS + tl.arange(0, NUM_CANDS))
         first, last = tl.min(cands), tl.max(cands)
         low = tl.load(low_ptr + pool)
-        # Entries above every candidate count for all of them: one float64 add each into
-        # ``above``. Only a block holding an entry inside [first, last] does the [BLOCK,
-        # NUM_CANDS] work, and after the search's first passes few blocks do.
+        # Entries above every candidate count for all of them: one float64 add each, per lane.
+        # Entries inside [first, last] need the per-candidate work, done in SUB-entry slices
+        # (re-read from the cache) only where a BLOCK holds one: after the search's first
+        # passes few do, and a pass is one wide read of the pool.
         above = tl.zeros([BLOCK], dtype=tl.float64)
         above_count = tl.zeros([BLOCK], dtype=tl.int32)
-        mass = tl.zeros([BLOCK, NUM_CANDS], dtype=tl.float64)
-        count = tl.zeros([BLOCK, NUM_CANDS], dtype=tl.int32)
+        mass = tl.zeros([NUM_CANDS], dtype=tl.float64)
+        count = tl.zeros([NUM_CANDS], dtype=tl.int32)
         start = part * chunk
         for offset in range(start, start + chunk, BLOCK):
             g, keys, is_self, valid = _load_entries(
                 gates_ptr, self_ptr, self_pool_stride, pool, offset + tl.arange(0, BLOCK), entries
             )
             other = valid & ~is_self
-            weight = g.to(tl.float64) - low
             top = other & (keys > last)
-            above += tl.where(top, weight, 0.0)
+            above += tl.where(top, g.to(tl.float64) - low, 0.0)
             above_count += top.to(tl.int32)
             inside = other & (keys >= first) & (keys <= last)
             if tl.sum(inside.to(tl.int32), axis=0) > 0:
-                hit = (keys[:, None] >= cands[None, :]) & inside[:, None]
-                mass += tl.where(hit, weight[:, None], 0.0)
-                count += hit.to(tl.int32)
-        mass = tl.sum(mass, axis=0) + tl.sum(above, axis=0)
-        count = tl.sum(count, axis=0) + tl.sum(above_count, axis=0)
+                for sub in tl.static_range(0, BLOCK, SUB):
+                    g, keys, is_self, valid = _load_entries(
+                        gates_ptr, self_ptr, self_pool_stride, pool,
+                        offset + sub + tl.arange(0, SUB), entries,
+                    )
+                    inside = valid & ~is_self & (keys >= first) & (keys <= last)
+                    hit = (keys[:, None] >= cands[None, :]) & inside[:, None]
+                    weight = g.to(tl.float64) - low
+                    mass += tl.sum(tl.where(hit, weight[:, None], 0.0), axis=0)
+                    count += tl.sum(hit.to(tl.int32), axis=0)
         out = (pool * parts + part) * NUM_CANDS + tl.arange(0, NUM_CANDS)
-        tl.store(mass_ptr + out, mass)
-        tl.store(count_ptr + out, count)
+        tl.store(mass_ptr + out, mass + tl.sum(above, axis=0))
+        tl.store(count_ptr + out, count + tl.sum(above_count, axis=0))
 
     @triton.jit
     def _keep_flags_kernel(
@@ -178,12 +184,13 @@ if triton is not None:
             tl.store(out_ptr + pool.to(tl.int64) * entries + cols, keep, mask=valid)
             ties_before += tl.sum(tie.to(tl.int32), axis=0)
 
-    _BLOCK = 128
-    _NUM_WARPS = 4
+    _BLOCK = 1024  # entries a program reads per step: wide reads keep enough bytes in flight
+    _SUB = 128  # entries per slice of the per-candidate work
+    _NUM_WARPS = 8
 
     def _split(num_pools: int, entries: int) -> tuple[int, int]:
         """Programs per pool (``parts``) and entries per program (a multiple of ``_BLOCK``)."""
-        parts = max(1, min(triton.cdiv(entries, 32 * _BLOCK), triton.cdiv(4096, num_pools)))
+        parts = max(1, min(triton.cdiv(entries, 16 * _BLOCK), triton.cdiv(4096, num_pools)))
         return parts, triton.cdiv(triton.cdiv(entries, parts), _BLOCK) * _BLOCK
 
     @triton_op("vmoba::candidate_masses", mutates_args={})
@@ -196,7 +203,8 @@ if triton is not None:
         count = pools.new_empty((num_pools, parts, CANDIDATES), dtype=torch.int32)
         wrap_triton(_candidate_masses_kernel)[(num_pools, parts)](
             pools, is_self, is_self.stride(0), low, cands, mass, count,
-            entries, chunk, parts, NUM_CANDS=CANDIDATES, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
+            entries, chunk, parts, NUM_CANDS=CANDIDATES, BLOCK=_BLOCK, SUB=_SUB,
+            num_warps=_NUM_WARPS,
         )
         return mass, count
 
