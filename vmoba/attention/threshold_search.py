@@ -144,14 +144,14 @@ if triton is not None:
             above_count += top.to(tl.int32)
             inside = other & (keys >= first) & (keys <= last)
             if tl.sum(inside.to(tl.int32), axis=0) > 0:
-                for sub in tl.static_range(0, BLOCK, SUB):
-                    g, keys, is_self, valid = _load_entries(
+                for sub in tl.static_range(0, BLOCK, SUB):  # names of SUB-entry values differ:
+                    sub_g, sub_keys, sub_self, sub_valid = _load_entries(  # Triton keeps types
                         gates_ptr, self_ptr, self_pool_stride, pool,
                         offset + sub + tl.arange(0, SUB), entries,
                     )
-                    inside = valid & ~is_self & (keys >= first) & (keys <= last)
-                    hit = (keys[:, None] >= cands[None, :]) & inside[:, None]
-                    weight = g.to(tl.float64) - low
+                    sub_inside = sub_valid & ~sub_self & (sub_keys >= first) & (sub_keys <= last)
+                    hit = (sub_keys[:, None] >= cands[None, :]) & sub_inside[:, None]
+                    weight = sub_g.to(tl.float64) - low
                     mass += tl.sum(tl.where(hit, weight[:, None], 0.0), axis=0)
                     count += tl.sum(hit.to(tl.int32), axis=0)
         out = (pool * parts + part) * NUM_CANDS + tl.arange(0, NUM_CANDS)
