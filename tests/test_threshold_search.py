@@ -100,10 +100,8 @@ def test_search_kernels_keep_what_the_sort_keeps(kind, tau):
 @pytest.mark.parametrize("kind", ["random", "ties", "constant", "self_only"])
 @pytest.mark.parametrize("tau", [0.0, 0.25])
 def test_search_kernels_interpreted_keep_what_the_sort_keeps(kind, tau, monkeypatch):
-    """The Triton kernels on the CPU: pools of ~6K entries in 2 parts of 256-entry steps (the
-    interpreter is slow), so ties cross parts and steps hold several per-candidate slices."""
+    """The Triton kernels on the CPU: pools of ~6K entries in 2 parts, so ties cross parts."""
     monkeypatch.setattr(threshold_search, "search_available", lambda pools: True)
-    monkeypatch.setattr(threshold_search, "_BLOCK", 256)
     gates, is_self = _pools(kind, torch.Generator().manual_seed(4))
     gates, is_self = gates.repeat(1, 8), is_self.repeat(1, 8)
     assert threshold_search._split(*gates.shape)[0] == 2

@@ -10,17 +10,15 @@ entries per layer at 55K tokens). The same cut-off is the largest gate ``v`` wit
 and ``F`` only falls as ``v`` grows, so ``v`` can be searched for. Gates are mapped to int32
 keys in the same order (:func:`order_keys`); each pass evaluates ``F`` (and the entry count) at 16
 keys spread over the remaining range, so 8 passes of one read each pin the exact key (16^8 =
-2^32). A pass does the per-candidate float64 work only for the entries inside the candidates'
-range (the others add to all candidates or to none), so after its first passes it is one wide
-read. Entries equal to the cut-off are kept in pool order, as the reference's stable sort does.
+2^32). Entries equal to the cut-off are kept in pool order, as the reference's stable sort does.
 The masses are float64 sums in a different order from the reference's running sum; they can
 only disagree when a prefix mass lands within rounding (~1e-16 relative) of ``T``.
 
 ``candidate_masses`` and ``keep_flags`` are Triton kernels on CUDA (registered with
 ``torch.library.triton_op``, so the compiled selection traces them); their torch versions (any
 device) are what the kernels are tested against. On the H200 a pass over a 55K-token 2D layer's
-pools (32 M entries) reads ~160 MB; its time is bound by how many bytes each program keeps in
-flight, hence wide steps of ``_BLOCK`` entries.
+pools (32 M entries) takes 0.34 ms, bound by its ``[entries, 16]`` float64 accumulation rather
+than by memory (``eval/results/attention_h200_notes.md``, session 3).
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ except ImportError:  # CPU-only installs: the torch version is used
 CANDIDATES = 16
 """Keys evaluated per pass: 8 passes cover the 2^32 int32 keys."""
 _PASSES = 8
-_INT32_MAX = 2**31 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _FLIP = 0x7FFFFFFF
 
 
@@ -118,45 +116,26 @@ if triton is not None:
     def _candidate_masses_kernel(
         gates_ptr, self_ptr, self_pool_stride, low_ptr, cands_ptr, mass_ptr, count_ptr,
         entries, chunk, parts,
-        NUM_CANDS: tl.constexpr, BLOCK: tl.constexpr, SUB: tl.constexpr,
+        NUM_CANDS: tl.constexpr, BLOCK: tl.constexpr,
     ):
         pool = tl.program_id(0)
         part = tl.program_id(1)
         cands = tl.load(cands_ptr + pool * NUM_CANDS + tl.arange(0, NUM_CANDS))
-        first, last = tl.min(cands), tl.max(cands)
         low = tl.load(low_ptr + pool)
-        # Entries above every candidate count for all of them: one float64 add each, per lane.
-        # Entries inside [first, last] need the per-candidate work, done in SUB-entry slices
-        # (re-read from the cache) only where a BLOCK holds one: after the search's first
-        # passes few do, and a pass is one wide read of the pool.
-        above = tl.zeros([BLOCK], dtype=tl.float64)
-        above_count = tl.zeros([BLOCK], dtype=tl.int32)
-        mass = tl.zeros([NUM_CANDS], dtype=tl.float64)
-        count = tl.zeros([NUM_CANDS], dtype=tl.int32)
+        # per-lane accumulators, reduced once at the end
+        mass = tl.zeros([BLOCK, NUM_CANDS], dtype=tl.float64)
+        count = tl.zeros([BLOCK, NUM_CANDS], dtype=tl.int32)
         start = part * chunk
         for offset in range(start, start + chunk, BLOCK):
             g, keys, is_self, valid = _load_entries(
                 gates_ptr, self_ptr, self_pool_stride, pool, offset + tl.arange(0, BLOCK), entries
             )
-            other = valid & ~is_self
-            top = other & (keys > last)
-            above += tl.where(top, g.to(tl.float64) - low, 0.0)
-            above_count += top.to(tl.int32)
-            inside = other & (keys >= first) & (keys <= last)
-            if tl.sum(inside.to(tl.int32), axis=0) > 0:
-                for sub in tl.static_range(0, BLOCK, SUB):  # names of SUB-entry values differ:
-                    sub_g, sub_keys, sub_self, sub_valid = _load_entries(  # Triton keeps types
-                        gates_ptr, self_ptr, self_pool_stride, pool,
-                        offset + sub + tl.arange(0, SUB), entries,
-                    )
-                    sub_inside = sub_valid & ~sub_self & (sub_keys >= first) & (sub_keys <= last)
-                    hit = (sub_keys[:, None] >= cands[None, :]) & sub_inside[:, None]
-                    weight = sub_g.to(tl.float64) - low
-                    mass += tl.sum(tl.where(hit, weight[:, None], 0.0), axis=0)
-                    count += tl.sum(hit.to(tl.int32), axis=0)
+            hit = (keys[:, None] >= cands[None, :]) & (valid & ~is_self)[:, None]
+            mass += tl.where(hit, (g.to(tl.float64) - low)[:, None], 0.0)
+            count += hit.to(tl.int32)
         out = (pool * parts + part) * NUM_CANDS + tl.arange(0, NUM_CANDS)
-        tl.store(mass_ptr + out, mass + tl.sum(above, axis=0))
-        tl.store(count_ptr + out, count + tl.sum(above_count, axis=0))
+        tl.store(mass_ptr + out, tl.sum(mass, axis=0))
+        tl.store(count_ptr + out, tl.sum(count, axis=0))
 
     @triton.jit
     def _keep_flags_kernel(
@@ -184,13 +163,12 @@ if triton is not None:
             tl.store(out_ptr + pool.to(tl.int64) * entries + cols, keep, mask=valid)
             ties_before += tl.sum(tie.to(tl.int32), axis=0)
 
-    _BLOCK = 1024  # entries a program reads per step: wide reads keep enough bytes in flight
-    _SUB = 128  # entries per slice of the per-candidate work
-    _NUM_WARPS = 8
+    _BLOCK = 128
+    _NUM_WARPS = 4
 
     def _split(num_pools: int, entries: int) -> tuple[int, int]:
         """Programs per pool (``parts``) and entries per program (a multiple of ``_BLOCK``)."""
-        parts = max(1, min(triton.cdiv(entries, 16 * _BLOCK), triton.cdiv(4096, num_pools)))
+        parts = max(1, min(triton.cdiv(entries, 32 * _BLOCK), triton.cdiv(4096, num_pools)))
         return parts, triton.cdiv(triton.cdiv(entries, parts), _BLOCK) * _BLOCK
 
     @triton_op("vmoba::candidate_masses", mutates_args={})
@@ -203,8 +181,7 @@ if triton is not None:
         count = pools.new_empty((num_pools, parts, CANDIDATES), dtype=torch.int32)
         wrap_triton(_candidate_masses_kernel)[(num_pools, parts)](
             pools, is_self, is_self.stride(0), low, cands, mass, count,
-            entries, chunk, parts, NUM_CANDS=CANDIDATES, BLOCK=_BLOCK, SUB=_SUB,
-            num_warps=_NUM_WARPS,
+            entries, chunk, parts, NUM_CANDS=CANDIDATES, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
         )
         return mass, count
 
@@ -272,9 +249,8 @@ def search_keep(
     """
     num_pools = pools.shape[0]
     steps = torch.arange(CANDIDATES, device=pools.device)
-    # the cut-off lies between the pool's least and greatest keys: at most 2^32 keys apart
-    lo = order_keys(low.float()).long()
-    hi = order_keys(pools.amax(-1)).long()
+    lo = torch.full((num_pools,), _INT32_MIN, dtype=torch.int64, device=pools.device)
+    hi = torch.full_like(lo, _INT32_MAX)
     keep_all = None
     for _ in range(_PASSES):  # invariant: F(lo) >= T, the cut-off key lies in [lo, hi]
         step = (hi - lo) // CANDIDATES + 1
