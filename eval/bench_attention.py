@@ -116,7 +116,7 @@ def _dense(q, k, v, backend: SDPBackend) -> Callable[[], torch.Tensor]:
     return attend
 
 
-def _commit() -> str:
+def checkout_commit() -> str:
     """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` without git."""
     try:
         run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=True).stdout
@@ -263,7 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     torch._dynamo.config.recompile_limit = 64  # flex compiles once per (tokens, layer kind)
     settings = [s for s in SETTINGS if s.tokens in args.tokens]
-    commit = args.commit or _commit()
+    commit = args.commit or checkout_commit()
     records = run(settings, args.backends, args.heads, args.dim, commit)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "attention_h200.json").write_text(json.dumps(records, indent=1) + "\n")

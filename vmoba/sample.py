@@ -4,9 +4,11 @@
         --out samples/ [--steps 30 --scheduler unipc --guidance 5 --flow-shift 3 \\
         --dense-fraction 0.25 --seed 0]
 
-Prompts: one per line. Writes one mp4 per prompt (``000_<prompt>.mp4``) and ``settings.json``: the
-sampling settings, the checkpoint, the video shape and each layer's kept density at the last
-denoising step (dense attention for the first ``dense_fraction`` of the steps, VMoBA after).
+Prompts: one per line. On a GPU the DiT runs under bf16 autocast (as Lightning's bf16-mixed, and
+what VMoBA's fast GPU backends take); ``--precision fp32`` turns it off. Writes one mp4 per
+prompt (``000_<prompt>.mp4``) and ``settings.json``: the sampling settings, the checkpoint, the
+video shape and each layer's kept density at the last denoising step (dense attention for the
+first ``dense_fraction`` of the steps, VMoBA after).
 A model trained on VAE latents samples latents and decodes them with its VAE.
 """
 
@@ -57,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                        help="default: bf16 autocast on CUDA, fp32 elsewhere")
     args = parser.parse_args(argv)
+    precision = args.precision or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
 
     model, (_, frames, height, width) = load_for_sampling(args.checkpoint, args.device)
     video_shape = (3, args.frames or frames, *(args.size or (height, width)))
@@ -67,14 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     videos = []
     empty_text = model.text_encoder([""])  # the unconditional branch, shared by every prompt
+    device_type = torch.device(args.device).type
     for i, prompt in enumerate(read_prompts(args.prompts)):
-        video = sample_videos(
-            model.dit, model.text_encoder([prompt]), empty_text, shape,
-            steps=args.steps, guidance_scale=args.guidance, flow_shift=flow_shift,
-            dense_fraction=args.dense_fraction, scheduler=scheduler,
-            generator=step_generator(model.device, args.seed, i),
-        )
-        video = model.to_pixels(video)[0]
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            video = sample_videos(
+                model.dit, model.text_encoder([prompt]), empty_text, shape,
+                steps=args.steps, guidance_scale=args.guidance, flow_shift=flow_shift,
+                dense_fraction=args.dense_fraction, scheduler=scheduler,
+                generator=step_generator(model.device, args.seed, i),
+            )
+        video = model.to_pixels(video.float())[0]
         name = f"{i:03d}_{caption_slug(prompt)}.mp4"
         write_mp4(args.out / name, to_uint8_frames(video), fps=args.fps)
         densities = [round(p.density.item(), 4) for p in model.dit.processors if p.density is not None]
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint=str(args.checkpoint), shape=list(video_shape), latent_shape=list(shape),
         steps=args.steps, scheduler=type(make_scheduler(scheduler, flow_shift)).__name__,
         guidance_scale=args.guidance, flow_shift=flow_shift, dense_fraction=args.dense_fraction,
-        seed=args.seed, attention=model.settings.attention,
+        seed=args.seed, precision=precision, attention=model.settings.attention,
         layer_kinds=[p.kind for p in model.dit.processors], videos=videos,
     )
     (args.out / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -55,6 +56,19 @@ def _compiled_gates_and_selection():  # built on first use: importing dynamo tak
     return torch.compile(_gates_and_selection, dynamic=False)
 
 
+SELECTION_GRAPHS = 64
+"""Compiled selection graphs one process may build: one per (layer shape, partition, rule).
+Dynamo's default recompile limit (8) is less than the nine layer shapes of three video sizes;
+past it, selection would run eagerly (several times slower)."""
+
+
+def _selection_graph_limit():
+    """Dynamo's recompile limit raised to :data:`SELECTION_GRAPHS` while selection compiles."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: max(getattr(config, name), SELECTION_GRAPHS)})
+
+
 SELECTION_ENTRIES = 1 << 28
 """Gate entries (``B * heads * S * N``) that gates and selection hold at once. With blocks of a
 fixed size ``N`` grows with ``S``, so a layer's entries grow as ``S^2``: 5.4e9 for a 3D layer at
@@ -89,13 +103,14 @@ def vmoba_selection(
     select = _compiled_gates_and_selection() if compiled else _gates_and_selection
     part = partition.on(q.device)
     groups = head_groups(batch, tokens, heads, partition.num_blocks, config.scope)
-    if len(groups) == 1:
-        return partition, select(q, k, part, config)
-    keep = torch.empty(
-        batch, heads, tokens, partition.num_blocks, dtype=torch.bool, device=q.device
-    )
-    for group in groups:
-        keep[:, group] = select(q[:, :, group], k[:, :, group], part, config)
+    with _selection_graph_limit() if compiled else contextlib.nullcontext():
+        if len(groups) == 1:
+            return partition, select(q, k, part, config)
+        keep = torch.empty(
+            batch, heads, tokens, partition.num_blocks, dtype=torch.bool, device=q.device
+        )
+        for group in groups:
+            keep[:, group] = select(q[:, :, group], k[:, :, group], part, config)
     return partition, keep
 
 
