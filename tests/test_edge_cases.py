@@ -114,3 +114,22 @@ def test_half_precision_inputs_keep_their_dtype(dtype):
     reference = vmoba_attention(q, k, v, grid=GRID, block=(3, 4))
     assert out.dtype == dtype
     assert rel_error(out, reference) < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["gathered", "chunked", "reference"])
+def test_cpu_backends_under_bf16_autocast(backend):
+    """What a CPU ``bf16-mixed`` run gives VMoBA: bf16 q, k, v (from autocast linears) inside an
+    autocast region. Forward and backward equal float64 attention on the same bf16 inputs to bf16
+    rounding (the backends compute in float32)."""
+    q, k, v = (x.bfloat16().detach().requires_grad_() for x in random_qkv(1, TOKENS, 2, 16, seed=5))
+    kwargs = dict(grid=GRID, block=(2, 3, 3), select="topk", scope="query_head", topk=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vmoba_attention(q, k, v, backend=backend, **kwargs)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(6))
+    got = (out, *torch.autograd.grad(out, (q, k, v), grad.bfloat16()))
+    exact_inputs = [x.double().detach().requires_grad_() for x in (q, k, v)]
+    exact = vmoba_attention(*exact_inputs, backend="reference", **kwargs)
+    exact = (exact, *torch.autograd.grad(exact, exact_inputs, grad.bfloat16().double()))
+    for name, g, e in zip(("out", "dq", "dk", "dv"), got, exact):
+        assert g.dtype == torch.bfloat16, name
+        assert rel_error(g, e) < 1e-2, name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from vmoba.attention.gates import upcast_dtype
+from vmoba.attention.gates import upcast_dtype, without_autocast
 from vmoba.attention.partition import BlockPartition
 
 _CHUNK_ELEMENTS = 2**24  # scores per chunk: 64 MiB in float32
@@ -44,6 +44,7 @@ class _ChunkedMaskedAttention(torch.autograd.Function):
     """q, k, v ``[B, H, S, D]`` (one float dtype), keep ``[B, H, S, N]``, key_block ``[S]``."""
 
     @staticmethod
+    @without_autocast
     def forward(ctx, q, k, v, keep, key_block):
         batch, heads, tokens, _ = q.shape
         step = _chunk_rows(batch, heads, tokens)
@@ -58,6 +59,7 @@ class _ChunkedMaskedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_out):
         q, k, v, keep, key_block, out, lse = ctx.saved_tensors
         batch, heads, tokens, dim = q.shape

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from vmoba.attention.partition import BlockPartition
@@ -10,6 +12,20 @@ from vmoba.attention.partition import BlockPartition
 def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
     """At least float32: float64 stays float64, every other floating dtype becomes float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def without_autocast(method):
+    """Run an ``autograd.Function``'s ``forward`` or ``backward`` with autocast off on its
+    tensors' device, so a backend that upcasts (:func:`upcast_dtype`) computes in that precision
+    inside a bf16-mixed region too."""
+
+    @functools.wraps(method)
+    def run(ctx, *args):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device, enabled=False):
+            return method(ctx, *args)
+
+    return run
 
 
 @torch.no_grad()
@@ -43,5 +59,6 @@ def block_gates(q: torch.Tensor, k: torch.Tensor, partition: BlockPartition) -> 
     Returns:
         ``[B, H, S, N]`` in float32 (float64 for float64 inputs).
     """
-    mean_k = block_mean_keys(k, partition)
-    return torch.einsum("bshd,bnhd->bhsn", q.to(mean_k.dtype), mean_k)
+    with torch.autocast(q.device.type, enabled=False):  # in float32 under bf16-mixed too
+        mean_k = block_mean_keys(k, partition)
+        return torch.einsum("bshd,bnhd->bhsn", q.to(mean_k.dtype), mean_k)

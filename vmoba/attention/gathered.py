@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from vmoba.attention.gates import upcast_dtype
+from vmoba.attention.gates import upcast_dtype, without_autocast
 from vmoba.attention.partition import BlockPartition
 
 
@@ -34,6 +34,7 @@ class _GatheredAttention(torch.autograd.Function):
     """q ``[B, H, S, D]`` (raster order), k, v ``[B, H, S, D]`` in block order, keep ``[B, H, S, N]``."""
 
     @staticmethod
+    @without_autocast
     def forward(ctx, q, k, v, keep, offsets):
         scale = q.shape[-1] ** -0.5
         block_lse = q.new_full(keep.shape, float("-inf"))  # [B, H, S, N]
@@ -51,6 +52,7 @@ class _GatheredAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_out):
         q, k, v, keep, out, lse = ctx.saved_tensors
         scale = q.shape[-1] ** -0.5
