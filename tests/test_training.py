@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 from helpers import free_port
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.synthetic import ensure_synthetic_dataset
 from vmoba.attention import block_partition
@@ -104,7 +106,7 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     assert test_metrics["test/loss"].item() == pytest.approx(val_loss, rel=1e-6)
     assert 0 < test_metrics["test/temporal_flickering"].item() <= 1  # needs no weights
     assert "test/psnr" not in test_metrics  # no reference videos: skipped with a warning
-    reference = shutil.copytree(run_dir / "test_samples", tmp_path / "reference")
+    reference = shutil.copytree(run_dir / "test" / "test_samples", tmp_path / "reference")
     retested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt,
                               f"--model.test_reference_dir={reference}",
                               "--model.test_metrics=[psnr, ssim]"])
@@ -112,7 +114,9 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     predicted = VMoBACLI(
         args=["predict", *_args(run_dir, synthetic_root), ckpt, "--trainer.limit_predict_batches=1"]
     )
-    assert len(list((run_dir / "predictions").glob("*.mp4"))) == predicted.datamodule.batch_size
+    predictions = run_dir / "predict" / "predictions"  # each command in its own folder
+    assert len(list(predictions.glob("*.mp4"))) == predicted.datamodule.batch_size
+    assert (run_dir / "test-1" / "test_samples").is_dir()  # the second test run
 
 
 @pytest.mark.parametrize("strategy,samples", [("ddp", 0), ("ulysses", 1)])
@@ -187,6 +191,72 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, synthetic_r
     assert resumed.seen == straight.seen[5:]  # the same batches in the same order
     assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
     assert result["val_loss_end"] == pytest.approx(expected["val_loss_end"], rel=1e-5)
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_follow_up_commands_leave_the_run_as_it_was(tmp_path, synthetic_root):
+    """validate, predict, a full-attention baseline and a mistyped checkpoint after a fit: the
+    run's files stay byte-identical, each command writes its own folder."""
+    run = tmp_path / "run"
+    common = _args(run, synthetic_root, "--trainer.max_steps=6", "--model.num_samples=1")
+    VMoBACLI(args=["fit", *common])
+    before = _files(run)
+    VMoBACLI(args=["validate", *common, "--ckpt_path=last"])
+    VMoBACLI(args=["predict", *common, "--ckpt_path=last"])
+    VMoBACLI(args=["fit", *common, "--model.attention.attention=full"])
+    with pytest.raises(ValueError, match="no such checkpoint file"):
+        VMoBACLI(args=["validate", *common, f"--ckpt_path={run / 'typo.ckpt'}"])
+    after = _files(run)
+    assert {k: v for k, v in after.items() if k.parts[0] not in ("validate", "predict")} == before
+    assert (run / "validate" / "metrics.csv").is_file()
+    assert list((run / "predict" / "predictions").glob("*.mp4"))
+    assert json.loads((tmp_path / "run-1" / "metrics.json").read_text())["attention"] == "full"
+    assert not (run / "validate-1").exists()  # the failed command made nothing
+
+
+def test_resume_appends_to_the_run(tmp_path, synthetic_root):
+    run = tmp_path / "run"
+    common = _args(run, synthetic_root, "--model.num_samples=0")
+    VMoBACLI(args=["fit", *common, "--trainer.max_steps=6"])
+    config, rows = (run / "config.yaml").read_bytes(), (run / "metrics.csv").read_text()
+    VMoBACLI(args=["fit", *common, "--trainer.max_steps=12", "--ckpt_path=last"])
+    assert (run / "config.yaml").read_bytes() == config
+    assert "max_steps: 12" in (run / "config-resumed.yaml").read_text()
+    now = (run / "metrics.csv").read_text()
+    first_rows = rows.splitlines()[1:]
+    assert all(row in now for row in first_rows)  # nothing lost (the columns did not change)
+    assert len(now.splitlines()) > len(rows.splitlines())
+    assert not (tmp_path / "run-1").exists()
+
+
+def test_resume_without_a_checkpoint_fails_before_any_work(tmp_path, synthetic_root):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="no last\\*.ckpt"):
+        VMoBACLI(args=["fit", *_args(run, synthetic_root), "--ckpt_path=last"])
+    assert not run.exists()
+
+
+class SigtermAtStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a cluster's time limit sends it
+
+
+def test_sigterm_leaves_a_checkpoint_of_the_interrupted_step(tmp_path, synthetic_root):
+    run = tmp_path / "run"
+    with pytest.raises(SIGTERMException):  # Lightning finishes step 7, then stops
+        _fit(run, synthetic_root, "--model.num_samples=0", callbacks=[SigtermAtStep(7)])
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 8  # not the step-5 checkpoint: nothing after it is lost
+    resumed = BatchOrder()
+    _fit(run, synthetic_root, "--model.num_samples=0", callbacks=[resumed], ckpt_path="last")
+    assert resumed.seen[0][0] == 8
 
 
 def test_full_attention_baseline_from_the_same_config(tmp_path, synthetic_root):

@@ -1,4 +1,5 @@
-"""Checkpoints written atomically: a crash mid-save never leaves a truncated ``last.ckpt``."""
+"""Checkpoints that survive interruptions: written atomically (a crash mid-save never leaves a
+truncated ``last.ckpt``), and one more on SIGTERM (a cluster's time limit) before the run exits."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any, Optional
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.fsutil import atomic_output
 
@@ -23,3 +26,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         get_filesystem(path).makedirs(str(path.parent), exist_ok=True)
         with atomic_output(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class SigtermCheckpoint(Callback):
+    """On SIGTERM, write ``<dirpath>/last.ckpt`` before the run exits, so ``--ckpt_path last``
+    resumes from the step that was interrupted. Lightning finishes the current step, then raises
+    ``SIGTERMException``; other exceptions save nothing (their step may be half done).
+
+    Args:
+        dirpath: the run's checkpoint folder.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
-from jsonargparse import set_parsing_settings
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from data.datamodule import VideoDataModule
 from vmoba.flow_matching import VMoBAFlowMatching
@@ -17,9 +19,75 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
 
 
+def free_folder(path: Path) -> Path:
+    """``path`` if it is absent or empty, else the first absent or empty ``<path>-1``,
+    ``<path>-2``, ..."""
+    candidate, number = path, 0
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
+
+
+def command_folder(root: Path, subcommand: str, resume: bool) -> Path:
+    """Where a command writes, so that no command overwrites what an earlier one wrote.
+
+    - ``fit``: a new run writes to ``root`` if it is free, else to ``root-1``, ``root-2``, ...;
+      a resumed run (``--ckpt_path``) continues in ``root``, appending to its logs.
+    - ``validate``, ``test``, ``predict``: ``root/<command>``, ``root/<command>-1``, ..., so the
+      run's own files (checkpoints, logs, config, samples, ``metrics.json``) stay as they are.
+    """
+    if subcommand == "fit":
+        return root if resume else free_folder(root)
+    return free_folder(root / subcommand)
+
+
+def last_checkpoint(root: Path) -> Path:
+    """The newest ``last*.ckpt`` under ``root/checkpoints``; a ``ValueError`` naming the folder
+    when there is none (resuming would otherwise start from step 0)."""
+    found = sorted((root / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ValueError(
+            f"--ckpt_path last: no last*.ckpt in {root / 'checkpoints'}; give a checkpoint file, "
+            "or leave --ckpt_path out to start a new run"
+        )
+    return found[-1]
+
+
+def resolve_checkpoint(ckpt_path: Optional[str], root: Path) -> Optional[str]:
+    """``--ckpt_path`` as a file: ``last`` -> :func:`last_checkpoint`; other names Lightning
+    resolves itself (``best``, ``hpc``, ``registry``); a path must exist."""
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "registry"):
+        return ckpt_path
+    if ckpt_path == "last":
+        return str(last_checkpoint(root))
+    if not Path(ckpt_path).is_file():
+        raise ValueError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    return ckpt_path
+
+
+def move_paths(node: Any, old: Path, new: Path) -> Any:
+    """``node`` (a config: namespaces, dicts, lists) with every string path at or below ``old``
+    moved to the same place below ``new``."""
+    if isinstance(node, Namespace):
+        for key, value in vars(node).items():
+            setattr(node, key, move_paths(value, old, new))
+        return node
+    if isinstance(node, dict):
+        return {key: move_paths(value, old, new) for key, value in node.items()}
+    if isinstance(node, list):
+        return [move_paths(value, old, new) for value in node]
+    if isinstance(node, (str, Path)):
+        path = Path(node)
+        if path == old or old in path.parents:
+            return type(node)(new / path.relative_to(old))
+    return node
+
+
 class VMoBACLI(LightningCLI):
     """LightningCLI with the default config, omegaconf interpolation (resolved after command-line
-    overrides) and precision chosen by device when unset: bf16-mixed on GPU, fp32 on CPU."""
+    overrides), precision chosen by device when unset (bf16-mixed on GPU, fp32 on CPU), and one
+    folder per command (:func:`command_folder`): no command overwrites an earlier one's files."""
 
     def __init__(self, args=None, run: bool = True) -> None:
         defaults = {"default_config_files": [str(DEFAULT_CONFIG)], "parser_mode": "omegaconf+"}
@@ -31,7 +99,9 @@ class VMoBACLI(LightningCLI):
             VMoBAFlowMatching,
             VideoDataModule,
             parser_kwargs=parser_kwargs if run else defaults,
-            save_config_kwargs={"overwrite": True},  # resuming a run rewrites its config
+            # commands never overwrite a config (see _choose_folder); without one (run=False,
+            # scripts and tests) the caller picks the folders
+            save_config_kwargs={"overwrite": not run},
             args=args,
             run=run,
         )
@@ -43,8 +113,27 @@ class VMoBACLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand:
+            self._choose_folder(config)
         if config.trainer.precision is None:
             gpu = (
                 config.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
             )
             config.trainer.precision = "bf16-mixed" if gpu else "32-true"
+
+    def _choose_folder(self, config: Namespace) -> None:
+        """Point this command's outputs at its own folder (every path under the configured
+        ``default_root_dir`` moves with it) and resolve ``--ckpt_path last`` against the run."""
+        root = Path(config.trainer.default_root_dir)
+        config.ckpt_path = resolve_checkpoint(config.get("ckpt_path"), root)
+        resume = self.subcommand == "fit" and config.ckpt_path is not None
+        folder = command_folder(root, self.subcommand, resume)
+        if folder != root:
+            move_paths(config.trainer, root, folder)
+            rank_zero_info(f"{self.subcommand} writes to {folder}")
+        if resume:  # the run's config.yaml stays; this invocation's goes beside it
+            name, number = "config-resumed.yaml", 0
+            while (folder / name).exists():
+                number += 1
+                name = f"config-resumed-{number}.yaml"
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
