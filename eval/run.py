@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
+import warnings
 from pathlib import Path
 
 from eval.metrics import (
@@ -65,19 +67,29 @@ def evaluate(
     metrics: dict[str, Metric],
     reference_dir: Path | None,
     prompts: dict[str, str] | None,
-) -> dict[str, dict[str, float]]:
-    """{metric: {filename: score}}, decoding each video (and its reference) once."""
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """``{metric: {filename: score}}``, decoding each video (and its reference) once, and the
+    videos skipped because they (or their references) could not be read, with the reason. One
+    line of progress per video."""
     scores: dict[str, dict[str, float]] = {name: {} for name in metrics}
+    skipped: dict[str, str] = {}
     if not metrics:
-        return scores
-    for path in videos:
-        frames, fps = read_video(path)
-        reference = read_video(reference_dir / path.name)[0] if reference_dir else None
+        return scores, skipped
+    for i, path in enumerate(videos, 1):
+        start = time.perf_counter()
+        try:
+            frames, fps = read_video(path)
+            reference = read_video(reference_dir / path.name)[0] if reference_dir else None
+        except Exception as error:  # a corrupt file: skipped and reported, as training does
+            skipped[path.name] = f"{type(error).__name__}: {error}"
+            warnings.warn(f"skipping unreadable video {path}: {skipped[path.name]}")
+            continue
         prompt = prompts[path.name] if prompts else None
         sample = Sample(frames=frames, fps=fps, reference=reference, prompt=prompt)
         for name, metric in metrics.items():
             scores[name][path.name] = metric(sample)
-    return scores
+        print(f"[{i}/{len(videos)}] {path.name}: {time.perf_counter() - start:.1f} s", flush=True)
+    return scores, skipped
 
 
 def markdown(report: dict) -> str:
@@ -99,6 +111,8 @@ def markdown(report: dict) -> str:
         for video in report["videos"]:
             row = [f"{report['metrics'][name]['per_video'][video]:.4f}" for name in available]
             lines.append(f"| {video} | " + " | ".join(row) + " |")
+    for video, reason in report.get("skipped", {}).items():
+        lines.append(f"\nSkipped, unreadable: {video} ({reason})")
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +140,9 @@ def run(args: argparse.Namespace) -> dict:
     ready, unavailable = build_metrics(
         metric_names, options, reference_dir is not None, prompts is not None
     )
-    scores = evaluate(videos, ready, reference_dir, prompts)
+    scores, skipped = evaluate(videos, ready, reference_dir, prompts)
+    if ready and len(skipped) == len(videos):
+        raise RuntimeError(f"--videos {video_dir}: no readable video ({skipped})")
     results = {}
     for name in metric_names:
         if name in unavailable:
@@ -139,7 +155,8 @@ def run(args: argparse.Namespace) -> dict:
             }
     report = {
         "metrics": results,
-        "videos": names,
+        "videos": [name for name in names if name not in skipped],
+        "skipped": skipped,
         "settings": {
             "videos": str(video_dir),
             "reference": str(reference_dir) if reference_dir else None,

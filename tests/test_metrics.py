@@ -339,6 +339,19 @@ def test_cli_selected_metrics(video_dirs, tmp_path):
     assert "| psnr | inf |" in table and "| a_static.mp4 |" in table
 
 
+def test_cli_skips_and_reports_a_corrupt_video(video_dirs, tmp_path, capsys):
+    videos, _ = video_dirs
+    (videos / "c_corrupt.mp4").write_bytes(b"not an mp4")
+    out = tmp_path / "scores.json"
+    with pytest.warns(UserWarning, match="skipping unreadable video"):
+        cli.main(["--videos", str(videos), "--metrics", "temporal_flickering", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["videos"] == ["a_static.mp4", "b_moving.mp4"]
+    assert list(report["skipped"]) == ["c_corrupt.mp4"]
+    assert set(report["metrics"]["temporal_flickering"]["per_video"]) == set(report["videos"])
+    assert "[2/3] b_moving.mp4" in capsys.readouterr().out  # a line of progress per video
+
+
 def test_cli_default_metrics_report_unavailable(video_dirs, tmp_path):
     videos, _ = video_dirs
     out = tmp_path / "scores.json"

@@ -259,6 +259,20 @@ def test_sigterm_leaves_a_checkpoint_of_the_interrupted_step(tmp_path, synthetic
     assert resumed.seen[0][0] == 8
 
 
+def test_progress_lines_when_output_is_not_a_terminal(tmp_path, synthetic_root, capsys):
+    run = tmp_path / "run"
+    VMoBACLI(args=["fit", *_args(run, synthetic_root, "--trainer.enable_progress_bar=true")])
+    out = capsys.readouterr().out  # captured: not a terminal
+    assert "step 12/12 | train/loss" in out and "s/step" in out
+    assert "validation at step 6 done" in out and "validation at step 12 done" in out
+
+
+def test_progress_bar_can_be_turned_off_with_the_default_callbacks(tmp_path):
+    args = [f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    cli = VMoBACLI(args=args, run=False)  # the default config lists a RichProgressBar
+    assert cli.trainer.progress_bar_callback is None
+
+
 def test_full_attention_baseline_from_the_same_config(tmp_path, synthetic_root):
     metrics = _fit(
         tmp_path / "full",
@@ -422,7 +436,7 @@ def test_sampling_runs_dense_for_the_first_quarter_of_steps(scheduler):
     assert videos.shape == (2, 3, 4, 16, 16) and videos.abs().max() <= 1
 
 
-def test_sample_command_writes_videos_and_settings(tmp_path, synthetic_root):
+def test_sample_command_writes_videos_and_settings(tmp_path, synthetic_root, capsys):
     from vmoba.sample import main as sample_main
 
     run_dir = tmp_path / "run"
@@ -438,6 +452,8 @@ def test_sample_command_writes_videos_and_settings(tmp_path, synthetic_root):
     assert all((out / f).stat().st_size > 0 for f in files)
     assert settings["shape"] == [3, 4, 32, 32] and settings["layer_kinds"] == ["1d", "2d", "3d"]
     assert all(0 < d <= 1 for v in settings["videos"] for d in v["layer_density"])
+    assert "[2/2] 001_a_green_blue_square_moving_up.mp4" in capsys.readouterr().out  # progress
+    assert settings["precision"] == "fp32"  # CPU; bf16 autocast on CUDA
 
 
 def test_fit_on_wan_vae_latents(tmp_path, synthetic_root):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +17,19 @@ from data.datamodule import VideoDataModule
 from vmoba.flow_matching import VMoBAFlowMatching
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's start-up advert for its cloud logger: nothing a user of this repo acts on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+# Two warnings every run printed that no user can act on: the frozen text encoder and VAE are in
+# eval mode on purpose, and the deprecation is inside Lightning.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 # Lets configs write ${trainer.default_root_dir} although each subcommand nests them (fit.trainer...).
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
@@ -84,6 +100,21 @@ def move_paths(node: Any, old: Path, new: Path) -> Any:
     return node
 
 
+def progress_callbacks(callbacks: Optional[list], enabled: Optional[bool], terminal: bool):
+    """The configured callbacks with the progress bar the output needs: none when
+    ``--trainer.enable_progress_bar false`` (Lightning refuses a bar callback then); plain lines
+    (:class:`vmoba.progress.LineProgressBar`, in place of any bar) when the output is not a
+    terminal, where a redrawn bar shows nothing; else as configured."""
+    callbacks = list(callbacks or [])
+    bars = [c for c in callbacks if str(c.get("class_path", "")).endswith("ProgressBar")]
+    if enabled is False:
+        return [c for c in callbacks if c not in bars]
+    if terminal:
+        return callbacks
+    line = Namespace(class_path="vmoba.progress.LineProgressBar", init_args=Namespace())
+    return [c for c in callbacks if c not in bars] + [line]
+
+
 class VMoBACLI(LightningCLI):
     """LightningCLI with the default config, omegaconf interpolation (resolved after command-line
     overrides), precision chosen by device when unset (bf16-mixed on GPU, fp32 on CPU), and one
@@ -115,6 +146,9 @@ class VMoBACLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand:
             self._choose_folder(config)
+        config.trainer.callbacks = progress_callbacks(
+            config.trainer.callbacks, config.trainer.enable_progress_bar, sys.stdout.isatty()
+        )
         if config.trainer.precision is None:
             gpu = (
                 config.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -130,7 +164,7 @@ class VMoBACLI(LightningCLI):
         folder = command_folder(root, self.subcommand, resume)
         if folder != root:
             move_paths(config.trainer, root, folder)
-            rank_zero_info(f"{self.subcommand} writes to {folder}")
+        rank_zero_info(f"{self.subcommand} writes to {folder}")
         if resume:  # the run's config.yaml stays; this invocation's goes beside it
             name, number = "config-resumed.yaml", 0
             while (folder / name).exists():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     videos = []
     empty_text = model.text_encoder([""])  # the unconditional branch, shared by every prompt
     device_type = torch.device(args.device).type
-    for i, prompt in enumerate(read_prompts(args.prompts)):
+    prompts = read_prompts(args.prompts)
+    for i, prompt in enumerate(prompts):
+        start = time.perf_counter()
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             video = sample_videos(
                 model.dit, model.text_encoder([prompt]), empty_text, shape,
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         write_mp4(args.out / name, to_uint8_frames(video), fps=args.fps)
         densities = [round(p.density.item(), 4) for p in model.dit.processors if p.density is not None]
         videos.append(dict(file=name, prompt=prompt, layer_density=densities))
+        print(f"[{i + 1}/{len(prompts)}] {name}: {time.perf_counter() - start:.1f} s", flush=True)
     settings = dict(
         checkpoint=str(args.checkpoint), shape=list(video_shape), latent_shape=list(shape),
         steps=args.steps, scheduler=type(make_scheduler(scheduler, flow_shift)).__name__,

@@ -1,0 +1,90 @@
+"""Progress as plain lines, for output that is not a terminal (nohup, SLURM, CI logs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+
+class LineProgressBar(ProgressBar):
+    """Prints one line at most every ``interval_s`` seconds while training, validating, testing or
+    predicting, and one when each stage ends: the step or batch out of the total, the progress-bar
+    metrics (loss, tokens/s), seconds per step and the time left. A redrawn bar prints nothing
+    useful into a file; these lines do.
+
+    Args:
+        interval_s: seconds between lines within a stage.
+    """
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._enabled = True
+        self._started = self._last = self._validation_start = 0.0
+        self._first_step = 0  # of this run: a resumed run starts past 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _begin(self) -> None:
+        self._started = self._last = time.monotonic()
+
+    def _line(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        due = force or now - self._last >= self.interval_s
+        if self._enabled and self.trainer.is_global_zero and due:
+            self._last = now
+            print(text, file=sys.stdout, flush=True)
+
+    def _metrics(self, pl_module: Any) -> str:
+        items = self.get_metrics(self.trainer, pl_module)
+        items.pop("v_num", None)
+        return "".join(
+            f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}" for k, v in items.items()
+        )
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._begin()
+        self._first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, total = trainer.global_step, trainer.max_steps
+        per_step = (time.monotonic() - self._started) / max(1, step - self._first_step)
+        left = f" | {per_step * (total - step) / 60:.1f} min left" if total and total > 0 else ""
+        of = f"/{total}" if total and total > 0 else ""
+        self._line(f"step {step}{of}{self._metrics(pl_module)} | {per_step:.2f} s/step{left}",
+                   force=step == total)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validation_start = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            seconds = time.monotonic() - self._validation_start
+            self._line(f"validation at step {trainer.global_step} done in {seconds:.0f} s"
+                       f"{self._metrics(pl_module)}", force=True)
+
+    def _batch_line(self, stage: str, batch_idx: int, total: Any) -> None:
+        of = f"/{int(total)}" if total not in (None, float("inf")) else ""
+        self._line(f"{stage} batch {batch_idx + 1}{of}")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._begin()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch_line("test", batch_idx, self.total_test_batches_current_dataloader)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._begin()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch_line("predict", batch_idx, self.total_predict_batches_current_dataloader)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._line(f"predict done in {time.monotonic() - self._started:.0f} s", force=True)
