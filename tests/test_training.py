@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import decord
 import pytest
@@ -20,6 +21,7 @@ from data.synthetic import ensure_synthetic_dataset
 from vmoba.attention import block_partition
 from vmoba.checkpoint_io import AtomicCheckpointIO
 from vmoba.cli import VMoBACLI
+from vmoba.progress import StepRichProgressBar
 from vmoba.flow_matching import FROZEN_PREFIXES, shift_timesteps
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 from vmoba.model.vae import LatentCodec
@@ -189,7 +191,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, synthetic_r
     )
     assert resumed.seen[0][0] == 5  # restarted from the step-5 checkpoint, mid-epoch 0
     assert resumed.seen == straight.seen[5:]  # the same batches in the same order
-    assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+    assert result["train_loss_last"] == pytest.approx(expected["train_loss_last"], rel=1e-5)
     assert result["val_loss_end"] == pytest.approx(expected["val_loss_end"], rel=1e-5)
 
 
@@ -259,12 +261,40 @@ def test_sigterm_leaves_a_checkpoint_of_the_interrupted_step(tmp_path, synthetic
     assert resumed.seen[0][0] == 8
 
 
+class StepLosses(Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def test_metrics_json_reports_means_over_the_fit(tmp_path, synthetic_root):
+    seen = StepLosses()
+    metrics = _fit(tmp_path / "run", synthetic_root, "--model.num_samples=0",
+                   "--trainer.max_steps=6", callbacks=[seen])
+    assert metrics["train_steps"] == 6
+    assert metrics["train_loss"] == pytest.approx(sum(seen.losses) / 6, rel=1e-5)
+    assert metrics["train_loss_last"] == pytest.approx(seen.losses[-1], rel=1e-5)
+    tokens_per_step = 4 * 16 * 16 * 2  # tiny.yaml grid x batch 2
+    # a run-long rate: about the tokens of a step over a step's time (a one-step rate was 9x off)
+    ratio = metrics["tokens_per_s"] * metrics["median_step_s"] / tokens_per_step
+    assert 0.5 < ratio < 2
+    assert set(metrics["definitions"]) >= {"train_loss", "tokens_per_s"}
+
+
 def test_progress_lines_when_output_is_not_a_terminal(tmp_path, synthetic_root, capsys):
     run = tmp_path / "run"
     VMoBACLI(args=["fit", *_args(run, synthetic_root, "--trainer.enable_progress_bar=true")])
     out = capsys.readouterr().out  # captured: not a terminal
     assert "step 12/12 | train/loss" in out and "s/step" in out
     assert "validation at step 6 done" in out and "validation at step 12 done" in out
+
+
+def test_rich_bar_describes_a_run_bounded_by_steps():
+    bar = StepRichProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=300, max_epochs=-1)  # as Lightning sets them
+    assert bar._get_train_description(0) == "Epoch 0 of max_steps 300"  # not "Epoch 0/-2"
 
 
 def test_progress_bar_can_be_turned_off_with_the_default_callbacks(tmp_path):

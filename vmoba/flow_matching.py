@@ -148,6 +148,8 @@ class VMoBAFlowMatching(L.LightningModule):
         self.val_loss_start: Optional[float] = None
         self.val_loss_end: Optional[float] = None
         self.step_seconds: list[float] = []
+        self.step_tokens: list[int] = []
+        self._loss_sum: Optional[torch.Tensor] = None  # over this fit's steps, on the device
         self._step_start = 0.0
         self._sample_captions: list[str] = []  # prompts of the samples: the first val captions
         self._sample_shape: tuple[int, ...] = ()  # (C, T, H, W) of the DiT's input
@@ -216,6 +218,8 @@ class VMoBAFlowMatching(L.LightningModule):
         generator = step_generator(self.device, *keys)
         loss = self.flow_matching_loss(batch, generator, dropout=self.hparams.caption_dropout)
         self.log("train/loss", loss, prog_bar=True)
+        summed = loss.detach().float()  # no host sync: read once, in metrics.json
+        self._loss_sum = summed if self._loss_sum is None else self._loss_sum + summed
         for kind, density in self.dit.densities().items():  # per rank: its samples and heads
             self.log(f"train/density_{kind}", density, sync_dist=True)
         return loss
@@ -228,6 +232,7 @@ class VMoBAFlowMatching(L.LightningModule):
         self.step_seconds.append(seconds)
         grid = self.dit.latent_grid(self.batch_latent_shape(batch))
         tokens = math.prod(grid) * len(batch["caption"])
+        self.step_tokens.append(tokens)
         self.log("train/tokens_per_s", tokens / seconds, prog_bar=True)
 
     def evaluation_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -333,10 +338,13 @@ class VMoBAFlowMatching(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
-        steady = self.step_seconds[len(self.step_seconds) // 10 :] or self.step_seconds
+        steps = len(self.step_seconds)
+        steady = self.step_seconds[steps // 10 :] or self.step_seconds
         summary = dict(
             global_step=self.global_step,
-            train_loss=metrics.get("train/loss"),
+            train_steps=steps,
+            train_loss=self._loss_sum.item() / steps if steps else None,
+            train_loss_last=metrics.get("train/loss"),
             val_loss_start=self.val_loss_start,
             val_loss_end=self.val_loss_end,
             density={
@@ -346,8 +354,17 @@ class VMoBAFlowMatching(L.LightningModule):
             },
             attention=self.settings.attention,
             median_step_s=float(np.median(steady)) if steady else None,
-            tokens_per_s=metrics.get("train/tokens_per_s"),
+            tokens_per_s=sum(self.step_tokens) / sum(self.step_seconds) if steps else None,
             skipped_videos=self._skipped_videos(),
+            definitions=dict(
+                train_steps="optimizer steps of this fit (a resumed fit counts its own)",
+                train_loss="mean training loss over those steps (rank 0's batches)",
+                train_loss_last="the last step's training loss",
+                median_step_s="median seconds a step, without the first 10% of steps",
+                tokens_per_s="video tokens over the seconds of those steps (rank 0)",
+                density="kept density per layer kind at the last step",
+                val_loss_start="validation loss before training (None without a sanity check)",
+            ),
         )
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 

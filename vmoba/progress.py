@@ -1,4 +1,5 @@
-"""Progress as plain lines, for output that is not a terminal (nohup, SLURM, CI logs)."""
+"""Progress bars: plain lines for output that is not a terminal (nohup, SLURM, CI logs), and
+Lightning's rich bar counting steps for runs bounded by ``max_steps``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,19 @@ import sys
 import time
 from typing import Any
 
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+
+class StepRichProgressBar(RichProgressBar):
+    """Lightning's rich bar, described as ``Epoch 0 of max_steps 300`` where ``max_steps`` bounds
+    the run: Lightning's own description reads ``Epoch 0/-2`` when ``max_epochs`` is unset."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        steps = self.trainer.max_steps
+        if steps is None or steps < 0:
+            return super()._get_train_description(current_epoch)
+        return f"Epoch {current_epoch} of max_steps {steps}"
 
 
 class LineProgressBar(ProgressBar):
