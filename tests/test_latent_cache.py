@@ -185,7 +185,7 @@ def test_tiny_wan_end_to_end(tmp_path, wan_dir, caches):
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     VMoBACLI(args=["predict", *common, f"--ckpt_path={ckpt}", "--trainer.limit_predict_batches=1"])
-    predictions = sorted((run_dir / "predictions").glob("*.mp4"))
+    predictions = sorted((run_dir / "predict" / "predictions").glob("*.mp4"))
     assert len(predictions) == 2  # one batch of the val cache
 
     prompts = tmp_path / "prompts.txt"

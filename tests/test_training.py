@@ -21,6 +21,8 @@ from data.synthetic import ensure_synthetic_dataset
 from vmoba.attention import block_partition
 from vmoba.checkpoint_io import AtomicCheckpointIO
 from vmoba.cli import VMoBACLI
+from vmoba.cli import main as cli_main
+from vmoba.config_check import check_blocks
 from vmoba.progress import StepRichProgressBar
 from vmoba.flow_matching import FROZEN_PREFIXES, shift_timesteps
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
@@ -241,6 +243,27 @@ def test_resume_without_a_checkpoint_fails_before_any_work(tmp_path, synthetic_r
     assert not run.exists()
 
 
+@pytest.mark.parametrize("option,message", [
+    ("--model.attention.block_2d=[40, 40]", "--model.attention.block_2d: block (40, 40)"),
+    ("--model.attention.threshold=1.5", "--model.attention: threshold must be"),
+    ("--model.vae_path=/no/such/wan", "--model.vae_path /no/such/wan: no such folder"),
+    ("--data.train_manifest=MANIFEST", "--data.train_manifest"),
+    ("--ckpt_path=last", "--ckpt_path last: no last*.ckpt"),
+])
+def test_bad_configuration_fails_in_one_line_before_any_work(tmp_path, capsys, option, message):
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("path,caption\nmissing.mp4,a clip\n")
+    run = tmp_path / "run"
+    args = [f"--trainer.default_root_dir={run}", option.replace("MANIFEST", str(manifest))]
+    if "manifest" in option:
+        args.append(f"--data.val_manifest={manifest}")
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *args])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(error) == 1 and error[0].startswith(f"error: {message}")
+    assert not run.exists()
+
+
 class SigtermAtStep(Callback):
     def __init__(self, step):
         self.step = step
@@ -367,7 +390,11 @@ def test_default_config_builds():
 
 
 class ParseOnly(VMoBACLI):
-    """Parses and type-checks a config without building models (the Wan configs need local weights)."""
+    """Parses and type-checks a config, and checks its blocks against its token grid, without
+    building models or reading paths (the Wan configs need local weights)."""
+
+    def before_instantiate_classes(self) -> None:
+        check_blocks(self.config.model, self.config.data)
 
     def instantiate_classes(self) -> None:
         pass

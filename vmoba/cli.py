@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from data.datamodule import VideoDataModule
+from vmoba.config_check import ConfigError, check_run_config
 from vmoba.flow_matching import VMoBAFlowMatching
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -59,11 +60,11 @@ def command_folder(root: Path, subcommand: str, resume: bool) -> Path:
 
 
 def last_checkpoint(root: Path) -> Path:
-    """The newest ``last*.ckpt`` under ``root/checkpoints``; a ``ValueError`` naming the folder
-    when there is none (resuming would otherwise start from step 0)."""
+    """The newest ``last*.ckpt`` under ``root/checkpoints``; a :class:`ConfigError` naming the
+    folder when there is none (resuming would otherwise start from step 0)."""
     found = sorted((root / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise ValueError(
+        raise ConfigError(
             f"--ckpt_path last: no last*.ckpt in {root / 'checkpoints'}; give a checkpoint file, "
             "or leave --ckpt_path out to start a new run"
         )
@@ -78,7 +79,7 @@ def resolve_checkpoint(ckpt_path: Optional[str], root: Path) -> Optional[str]:
     if ckpt_path == "last":
         return str(last_checkpoint(root))
     if not Path(ckpt_path).is_file():
-        raise ValueError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        raise ConfigError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     return ckpt_path
 
 
@@ -144,6 +145,7 @@ class VMoBACLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_run_config(config.model, config.data)  # before anything is built or written
         if self.subcommand:
             self._choose_folder(config)
         config.trainer.callbacks = progress_callbacks(
@@ -171,3 +173,13 @@ class VMoBACLI(LightningCLI):
                 number += 1
                 name = f"config-resumed-{number}.yaml"
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """``python main.py``: the CLI, with a configuration that cannot run reported in one line
+    (exit status 2) instead of a traceback."""
+    try:
+        VMoBACLI(args=args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
