@@ -133,6 +133,8 @@ def test_two_process_cli_fit(tmp_path, synthetic_root, strategy, samples):
            f"--config={MULTIGPU / strategy}.yaml", "--trainer.accelerator=cpu",
            "--trainer.devices=2", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
            f"--model.num_samples={samples}"]
+    if strategy == "ulysses":  # its one replica reads the single-process order (compared below)
+        cmd.append("--trainer.use_distributed_sampler=false")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=240)
@@ -141,6 +143,15 @@ def test_two_process_cli_fit(tmp_path, synthetic_root, strategy, samples):
     assert all(0 < d < 1 for d in metrics["density"].values())
     assert len(list((run_dir / "samples").glob("*.mp4"))) == samples  # the group's rank 0 wrote
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if strategy == "ulysses":  # one replica split over 2 ranks: the same run as one process
+        alone = _fit(tmp_path / "alone", synthetic_root, "--trainer.max_steps=2",
+                     "--trainer.val_check_interval=2", "--model.num_samples=0")
+        for key in ("train_loss", "train_loss_last", "val_loss_end"):
+            assert metrics[key] == pytest.approx(alone[key], rel=1e-5), key
+        weights = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                   for d in (run_dir, tmp_path / "alone"))
+        split, single = weights
+        assert all(torch.allclose(split[k], single[k], rtol=1e-4, atol=1e-6) for k in single)
 
 
 def test_cli_destroys_its_process_group_after_a_clean_run(tmp_path, synthetic_root):
