@@ -261,7 +261,6 @@ def main() -> None:
         "--commit", default=None, help="recorded commit (default: the checkout's, from git)"
     )
     args = parser.parse_args()
-    torch._dynamo.config.recompile_limit = 64  # flex compiles once per (tokens, layer kind)
     settings = [s for s in SETTINGS if s.tokens in args.tokens]
     commit = args.commit or checkout_commit()
     records = run(settings, args.backends, args.heads, args.dim, commit)

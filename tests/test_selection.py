@@ -87,3 +87,21 @@ def test_selection_in_head_groups_matches_naive(
     assert torch.equal(
         keep, naive_keep(gates, naive_block_of(blocks), select, scope, threshold, topk)
     )
+
+
+def test_compiled_selection_meets_many_shapes_without_falling_back(monkeypatch):
+    """Compiled selection (CUDA's path, here with dynamo's eager backend on the CPU) compiles a
+    graph for each of ten layer shapes: dynamo's default limit (8) would run the last eagerly."""
+    from vmoba.attention import api
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(api, "_compiles", lambda q: True)
+    compiled = torch.compile(api._gates_and_selection, backend="eager", dynamic=False)
+    monkeypatch.setattr(api, "_compiled_gates_and_selection", lambda: compiled)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    config = SelectionConfig("threshold", "head_global", 0.25)
+    for frames in range(2, 12):  # ten token grids
+        q, k = (torch.randn(1, frames * 16, 2, 8) for _ in range(2))
+        vmoba_selection(q, k, grid=(frames, 4, 4), block=(2, 2), config=config)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 10
+    torch._dynamo.reset()

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from vmoba.attention.backends import resolve_backend
+from vmoba.attention.compile_limits import compiled_shapes
 from vmoba.attention.gates import block_gates
 from vmoba.attention.partition import BlockPartition, BlockSpec, Grid, block_partition
 from vmoba.attention.selection import Scope, Select, SelectionConfig, select_blocks
@@ -56,17 +57,9 @@ def _compiled_gates_and_selection():  # built on first use: importing dynamo tak
     return torch.compile(_gates_and_selection, dynamic=False)
 
 
-SELECTION_GRAPHS = 64
-"""Compiled selection graphs one process may build: one per (layer shape, partition, rule).
-Dynamo's default recompile limit (8) is less than the nine layer shapes of three video sizes;
-past it, selection would run eagerly (several times slower)."""
-
-
-def _selection_graph_limit():
-    """Dynamo's recompile limit raised to :data:`SELECTION_GRAPHS` while selection compiles."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    return config.patch(**{name: max(getattr(config, name), SELECTION_GRAPHS)})
+def _compiles(q: torch.Tensor) -> bool:
+    """Whether selection runs compiled: on CUDA, unless already inside a compiled region."""
+    return COMPILE_SELECTION and q.is_cuda and not torch.compiler.is_compiling()
 
 
 SELECTION_ENTRIES = 1 << 28
@@ -99,11 +92,11 @@ def vmoba_selection(
     partition = block_partition(grid, block)
     batch, tokens, heads, _ = q.shape
     _check_grid(partition.grid, tokens)
-    compiled = COMPILE_SELECTION and q.is_cuda and not torch.compiler.is_compiling()
+    compiled = _compiles(q)
     select = _compiled_gates_and_selection() if compiled else _gates_and_selection
     part = partition.on(q.device)
     groups = head_groups(batch, tokens, heads, partition.num_blocks, config.scope)
-    with _selection_graph_limit() if compiled else contextlib.nullcontext():
+    with compiled_shapes(strict=False) if compiled else contextlib.nullcontext():
         if len(groups) == 1:
             return partition, select(q, k, part, config)
         keep = torch.empty(

@@ -18,8 +18,8 @@ queries needs it. Where neighbouring queries choose different blocks (random inp
 denser than :func:`vmoba.attention.selection.kept_density`; :func:`flex_tile_density` measures it.
 
 Kernels: on CUDA a module-level ``torch.compile(flex_attention)`` (one compile per shape, block
-count and dtype; past dynamo's ``recompile_limit`` it falls back to the unfused ``S x S`` path),
-whose backward is FlexAttention's own. On the CPU, FlexAttention's unfused eager implementation:
+count and dtype, up to :data:`compile_limits.COMPILED_SHAPES`; past that a call raises rather
+than fall back to the unfused ``S x S`` path), whose backward is FlexAttention's own. On the CPU, FlexAttention's unfused eager implementation:
 forward only (torch has no CPU backward for it) and ``S x S`` scores, for tests and debugging.
 """
 
@@ -30,6 +30,7 @@ import functools
 import torch
 from torch.nn.attention import flex_attention as torch_flex
 
+from vmoba.attention.compile_limits import compiled_shapes
 from vmoba.attention.partition import BlockPartition
 
 TILE: tuple[int, int] = (128, 128)  # (query tile, key tile) tokens: FlexAttention's default
@@ -139,6 +140,12 @@ def flex_attention(
     on_device = partition.on(q.device)
     perm, inverse = on_device.perm, on_device.inverse
     qh, kh, vh = (x[:, perm].transpose(1, 2) for x in (q, k, v))  # [B, H, S, D], block order
-    attend = _compiled_flex() if q.device.type == "cuda" else torch_flex.flex_attention
-    out = attend(qh, kh, vh, block_mask=flex_block_mask(keep, partition, TILE))
+    mask = flex_block_mask(keep, partition, TILE)
+    if q.device.type != "cuda":
+        out = torch_flex.flex_attention(qh, kh, vh, block_mask=mask)
+    elif torch.compiler.is_compiling():  # traced into the caller's compiled graph
+        out = _compiled_flex()(qh, kh, vh, block_mask=mask)
+    else:
+        with compiled_shapes(strict=True):  # never the eager S x S path
+            out = _compiled_flex()(qh, kh, vh, block_mask=mask)
     return out.transpose(1, 2)[:, inverse]
