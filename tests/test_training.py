@@ -237,8 +237,16 @@ def test_resume_appends_to_the_run(tmp_path, synthetic_root):
     common = _args(run, synthetic_root, "--model.num_samples=0")
     VMoBACLI(args=["fit", *common, "--trainer.max_steps=6"])
     config, rows = (run / "config.yaml").read_bytes(), (run / "metrics.csv").read_text()
+    first = json.loads((run / "metrics.json").read_text())
+    start = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     VMoBACLI(args=["fit", *common, "--trainer.max_steps=12", "--ckpt_path=last"])
     assert (run / "config.yaml").read_bytes() == config
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["train_steps"] == 6 + 12 - start  # steps run, a re-run one counted again
+    assert resumed["val_loss_start"] == first["val_loss_start"]
+    summary = (run / "metrics.json").read_bytes()
+    VMoBACLI(args=["fit", *common, "--trainer.max_steps=12", "--ckpt_path=last"])  # finished
+    assert (run / "metrics.json").read_bytes() == summary
     assert "max_steps: 12" in (run / "config-resumed.yaml").read_text()
     now = (run / "metrics.csv").read_text()
     first_rows = rows.splitlines()[1:]
@@ -441,6 +449,16 @@ def test_every_config_parses(config):
         expected = "full" if config.stem.endswith("_full") else "vmoba"
         assert (attention.attention, attention.select, attention.scope, attention.threshold) == (
             expected, "threshold", "head_global", 0.25)
+
+
+def test_default_run_loses_at_most_ten_steps_to_a_kill():
+    """``kill -9`` cannot be caught: what survives it is the newest periodic ``last.ckpt``
+    (the crash test above resumes from one); SIGTERM and the end of training write one too."""
+    callbacks = ParseOnly(args=[], run=False).config.trainer.callbacks
+    last = [c.init_args for c in callbacks
+            if c.class_path.endswith("ModelCheckpoint") and c.init_args.save_last]
+    assert len(last) == 1 and last[0].every_n_train_steps <= 10
+    assert any(c.class_path == "vmoba.checkpoint_io.LastCheckpoint" for c in callbacks)
 
 
 def test_latent_cache_overlay_on_a_paper_config():

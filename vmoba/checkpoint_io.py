@@ -1,5 +1,6 @@
 """Checkpoints that survive interruptions: written atomically (a crash mid-save never leaves a
-truncated ``last.ckpt``), and one more on SIGTERM (a cluster's time limit) before the run exits."""
+truncated ``last.ckpt``), and ``last.ckpt`` when training ends or SIGTERM (a cluster's time
+limit) stops it."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class SigtermCheckpoint(Callback):
-    """On SIGTERM, write ``<dirpath>/last.ckpt`` before the run exits, so ``--ckpt_path last``
-    resumes from the step that was interrupted. Lightning finishes the current step, then raises
-    ``SIGTERMException``; other exceptions save nothing (their step may be half done).
+class LastCheckpoint(Callback):
+    """``<dirpath>/last.ckpt`` when training ends and on SIGTERM, so ``--ckpt_path last`` resumes
+    from where the run stopped: the periodic checkpoints fall on multiples of their interval,
+    and a cluster's time limit comes between them. On SIGTERM Lightning finishes the current step,
+    then raises ``SIGTERMException``; other exceptions save nothing (their step may be half done).
 
     Args:
         dirpath: the run's checkpoint folder.
@@ -39,6 +41,9 @@ class SigtermCheckpoint(Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.dirpath / "last.ckpt")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":

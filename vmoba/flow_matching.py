@@ -337,15 +337,29 @@ class VMoBAFlowMatching(L.LightningModule):
         run_dir = self.run_dir  # a collective under DDP: every rank asks
         if not self.trainer.is_global_zero:
             return
-        metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        path = run_dir / "metrics.json"
+        earlier = json.loads(path.read_text()) if path.is_file() else None  # a resumed run's
         steps = len(self.step_seconds)
+        if steps == 0 and earlier is not None:
+            return  # nothing trained (a finished run resumed): its summary stays
+        totals = dict(
+            train_steps=steps,
+            train_loss_sum=self._loss_sum.item() if steps else 0.0,
+            train_tokens=sum(self.step_tokens),
+            train_seconds=sum(self.step_seconds),
+        )
+        val_loss_start = self.val_loss_start
+        if earlier is not None:
+            totals = {k: v + earlier.get(k, 0) for k, v in totals.items()}
+            val_loss_start = earlier.get("val_loss_start")
+        metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         steady = self.step_seconds[steps // 10 :] or self.step_seconds
+        run_steps = totals["train_steps"]
         summary = dict(
             global_step=self.global_step,
-            train_steps=steps,
-            train_loss=self._loss_sum.item() / steps if steps else None,
+            train_loss=totals["train_loss_sum"] / run_steps if run_steps else None,
             train_loss_last=metrics.get("train/loss"),
-            val_loss_start=self.val_loss_start,
+            val_loss_start=val_loss_start,
             val_loss_end=self.val_loss_end,
             density={
                 k: metrics[f"train/density_{k}"]
@@ -354,19 +368,21 @@ class VMoBAFlowMatching(L.LightningModule):
             },
             attention=self.settings.attention,
             median_step_s=float(np.median(steady)) if steady else None,
-            tokens_per_s=sum(self.step_tokens) / sum(self.step_seconds) if steps else None,
+            tokens_per_s=totals["train_tokens"] / totals["train_seconds"] if run_steps else None,
             skipped_videos=self._skipped_videos(),
+            **totals,
             definitions=dict(
-                train_steps="optimizer steps of this fit (a resumed fit counts its own)",
+                train_steps="optimizer steps run, resumed fits included (a step run again "
+                "after resuming from an earlier checkpoint counts again)",
                 train_loss="mean training loss over those steps (rank 0's batches)",
                 train_loss_last="the last step's training loss",
-                median_step_s="median seconds a step, without the first 10% of steps",
-                tokens_per_s="video tokens over the seconds of those steps (rank 0)",
+                val_loss_start="validation loss before the run's first step",
+                median_step_s="median seconds a step of the last fit, its first 10% left out",
+                tokens_per_s="video tokens over the seconds of the run's steps (rank 0)",
                 density="kept density per layer kind at the last step",
-                val_loss_start="validation loss before training (None without a sanity check)",
             ),
         )
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+        path.write_text(json.dumps(summary, indent=1) + "\n")
 
     def _skipped_videos(self) -> dict[str, int]:
         """Unreadable or too-short videos each split skipped (main process only)."""
