@@ -227,6 +227,7 @@ def test_follow_up_commands_leave_the_run_as_it_was(tmp_path, synthetic_root):
     after = _files(run)
     assert {k: v for k, v in after.items() if k.parts[0] not in ("validate", "predict")} == before
     assert (run / "validate" / "metrics.csv").is_file()
+    assert list((run / "validate" / "samples").glob("step000006_*.mp4"))  # the checkpoint's step
     assert list((run / "predict" / "predictions").glob("*.mp4"))
     assert json.loads((tmp_path / "run-1" / "metrics.json").read_text())["attention"] == "full"
     assert not (run / "validate-1").exists()  # the failed command made nothing

@@ -147,6 +147,7 @@ class VMoBAFlowMatching(L.LightningModule):
         self.val_losses: list[torch.Tensor] = []
         self.val_loss_start: Optional[float] = None
         self.val_loss_end: Optional[float] = None
+        self.checkpoint_step = 0  # the step of the checkpoint loaded, if any
         self.step_seconds: list[float] = []
         self.step_tokens: list[int] = []
         self._loss_sum: Optional[torch.Tensor] = None  # over this fit's steps, on the device
@@ -290,7 +291,7 @@ class VMoBAFlowMatching(L.LightningModule):
         if self.hparams.num_samples > 0 and self.trainer.global_rank < self.dit.sequence_size:
             self.save_samples(
                 run_dir / "samples",
-                f"step{self.global_step:06d}",
+                f"step{self.trained_steps:06d}",
                 self._sample_captions,
                 self._sample_shape,
             )
@@ -406,9 +407,18 @@ class VMoBAFlowMatching(L.LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put this model's frozen weights back before the strict state-dict load."""
+        """Put this model's frozen weights back before the strict state-dict load, and note the
+        checkpoint's step (``validate`` names its samples by it: its own counter stays 0)."""
         frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
         checkpoint["state_dict"].update(frozen)
+        self.checkpoint_step = checkpoint.get("global_step", 0)
+
+    @property
+    def trained_steps(self) -> int:
+        """Optimizer steps behind the current weights: the trainer's while fitting, else those
+        of the checkpoint they came from (0 for fresh weights)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return self.global_step if fitting else self.checkpoint_step
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.dit.parameters() if p.requires_grad]
