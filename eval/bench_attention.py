@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,6 +21,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
+from eval.results_io import checkout_commit, write_results
 from vmoba.attention import (
     SelectionConfig,
     flex_tile_density,
@@ -114,16 +113,6 @@ def _dense(q, k, v, backend: SDPBackend) -> Callable[[], torch.Tensor]:
             ).transpose(1, 2)
 
     return attend
-
-
-def checkout_commit() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` without git."""
-    try:
-        run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=True).stdout
-        head = run("git", "rev-parse", "HEAD").strip()
-        return head + ("+dirty" if run("git", "status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run(
@@ -264,15 +253,10 @@ def main() -> None:
     settings = [s for s in SETTINGS if s.tokens in args.tokens]
     commit = args.commit or checkout_commit()
     records = run(settings, args.backends, args.heads, args.dim, commit)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "attention_h200.json").write_text(json.dumps(records, indent=1) + "\n")
     table = markdown(records)
-    (args.out_dir / "attention_h200.md").write_text(
-        "# VMoBA attention vs dense SDPA (B=1, H=12, D=128, bf16)\n\n"
-        f"Command: `python -m eval.bench_attention {' '.join(sys.argv[1:])}`\n\n"
-        f"Written by that command on {datetime.date.today().isoformat()}: "
-        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit `{commit}`.\n\n"
-        + table
+    write_results(
+        args.out_dir, "attention_h200", records, module="eval.bench_attention", commit=commit,
+        title="VMoBA attention vs dense SDPA (B=1, H=12, D=128, bf16)", table=table,
     )
     print(table)
 

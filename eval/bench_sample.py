@@ -21,15 +21,14 @@ import dataclasses
 import datetime
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from eval.bench_attention import checkout_commit
 from eval.bench_train_step import WAN_1_3B, random_inputs
+from eval.results_io import checkout_commit, write_results
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 from vmoba.sampling import sample_videos
 
@@ -161,17 +160,13 @@ def main() -> None:
         for attention in ("full", "vmoba"):
             records.append({**measure(size, attention, args.steps), "commit": commit})
             print(json.dumps(records[-1]), flush=True)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "sample_h200.json").write_text(json.dumps(records, indent=1) + "\n")
     table = markdown(records)
-    (args.out_dir / "sample_h200.md").write_text(
-        "# Sampling latency of Wan 2.1 1.3B (random weights), full attention vs VMoBA\n\n"
-        f"Command: `python -m eval.bench_sample {' '.join(sys.argv[1:])}`\n\n"
-        f"Written by that command on {datetime.date.today().isoformat()}: "
-        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit `{commit}`. UniPC, "
-        f"guidance 5, dense attention for the first {DENSE_FRACTION:.0%} of the steps, bf16 "
-        "autocast; the denoising loop only (no VAE decode). The 50-step total is "
-        "computed from the median dense and sparse step.\n\n" + table
+    write_results(
+        args.out_dir, "sample_h200", records, module="eval.bench_sample", commit=commit,
+        title="Sampling latency of Wan 2.1 1.3B (random weights), full attention vs VMoBA",
+        table=table, note=f"UniPC, guidance 5, dense attention for the first {DENSE_FRACTION:.0%} "
+        "of the steps, bf16 autocast; the denoising loop only (no VAE decode). The 50-step total "
+        "is computed from the median dense and sparse step.",
     )
     print(table)
 

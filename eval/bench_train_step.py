@@ -5,7 +5,7 @@
 Random weights (the architecture is what costs), bf16 autocast over float32 weights (as Lightning's
 bf16-mixed), gradient checkpointing of every block, AdamW, batch 1, a random 512-token text
 embedding. Writes ``train_step_h200.json`` (records: tokens, attention, step_s, peak_mem_gib,
-density, date, device) and ``train_step_h200.md``.
+density, date, device, commit) and ``train_step_h200.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from eval.results_io import checkout_commit, write_results
 from vmoba.attention import resolve_backend
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 
@@ -166,20 +167,20 @@ def main() -> None:
     parser.add_argument(
         "--backends", nargs="+", default=["auto"], help="VMoBA's attention backends, one run each"
     )
+    parser.add_argument("--commit", default=None, help="recorded commit (default: from git)")
     args = parser.parse_args()
+    commit = args.commit or checkout_commit()
     records = []
     for setting in (s for s in SETTINGS if s.tokens in args.tokens):
         runs = [("full", "auto"), *(("vmoba", backend) for backend in args.backends)]
         for attention, backend in runs:
-            records.append(measure(setting, attention, args.steps, backend))
+            records.append({**measure(setting, attention, args.steps, backend), "commit": commit})
             print(json.dumps(records[-1]), flush=True)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "train_step_h200.json").write_text(json.dumps(records, indent=1) + "\n")
     table = markdown(records)
-    (args.out_dir / "train_step_h200.md").write_text(
-        "# One Wan 2.1 1.3B training step, full attention vs VMoBA (threshold + head_global, tau "
-        f"0.25)\n\nCommand: `python -m eval.bench_train_step --steps {args.steps} --tokens "
-        f"{' '.join(map(str, args.tokens))} --backends {' '.join(args.backends)}`\n\n" + table
+    write_results(
+        args.out_dir, "train_step_h200", records, module="eval.bench_train_step", commit=commit,
+        title="One Wan 2.1 1.3B training step, full attention vs VMoBA (threshold + "
+        "head_global, tau 0.25)", table=table,
     )
     print(table)
 

@@ -1,0 +1,38 @@
+"""Result files of the GPU benchmarks: JSON records and a markdown table whose header says which
+command wrote them, when, on which device and torch, and at which commit."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def checkout_commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` without git."""
+    try:
+        run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=True).stdout
+        head = run("git", "rev-parse", "HEAD").strip()
+        return head + ("+dirty" if run("git", "status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_results(
+    out_dir: Path, stem: str, records: list[dict], *, module: str, title: str, commit: str,
+    table: str, note: str = "",
+) -> None:
+    """``<stem>.json`` (the records) and ``<stem>.md`` (``title``, the command line of
+    ``python -m module``, date, device, torch, commit, ``note``, then ``table``) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    (out_dir / f"{stem}.md").write_text(
+        f"# {title}\n\nCommand: `python -m {module} {' '.join(sys.argv[1:])}`\n\n"
+        f"Written by that command on {datetime.date.today().isoformat()}: {device}, torch "
+        f"{torch.__version__}, commit `{commit}`.{' ' + note if note else ''}\n\n" + table
+    )
