@@ -81,7 +81,10 @@ class CrashAtStep(Callback):
 def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "main.py", "fit", *_args(run_dir, synthetic_root)]
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+    done = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr  # none of the notices no user can act on
+    assert not any(n in output for n in ("litlogger", "in eval mode", "LeafSpec", "Epoch 0/-"))
+    assert f"fit writes to {run_dir}" in output
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
