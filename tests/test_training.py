@@ -83,7 +83,8 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     cmd = [sys.executable, "main.py", "fit", *_args(run_dir, synthetic_root)]
     done = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr  # none of the notices no user can act on
-    assert not any(n in output for n in ("litlogger", "in eval mode", "LeafSpec", "Epoch 0/-"))
+    notices = ("litlogger", "in eval mode", "LeafSpec", "Epoch 0/-", "weights_only")
+    assert not any(n in output for n in notices)
     assert f"fit writes to {run_dir}" in output
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
