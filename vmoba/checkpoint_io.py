@@ -41,9 +41,14 @@ class LastCheckpoint(Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
+        self._first_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._first_step = trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
+        if trainer.global_step > self._first_step:  # a finished run resumed keeps its checkpoint
+            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
