@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -34,6 +35,10 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 # Lets configs write ${trainer.default_root_dir} although each subcommand nests them (fit.trainer...).
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+
+
+FOLDER_ENV = "VMOBA_COMMAND_FOLDER"
+"""Environment variable through which rank 0 hands its command folder to the ranks it launches."""
 
 
 def free_folder(path: Path) -> Path:
@@ -163,7 +168,13 @@ class VMoBACLI(LightningCLI):
         root = Path(config.trainer.default_root_dir)
         config.ckpt_path = resolve_checkpoint(config.get("ckpt_path"), root)
         resume = self.subcommand == "fit" and config.ckpt_path is not None
-        folder = command_folder(root, self.subcommand, resume)
+        launched = os.environ.get("LOCAL_RANK", "0") != "0" and FOLDER_ENV in os.environ
+        # a rank that Lightning launched takes rank 0's choice: by its start rank 0 may have
+        # written into the folder, which would look taken
+        folder = Path(os.environ[FOLDER_ENV]) if launched else command_folder(
+            root, self.subcommand, resume
+        )
+        os.environ[FOLDER_ENV] = str(folder)  # inherited by the ranks launched from here
         if folder != root:
             move_paths(config.trainer, root, folder)
         rank_zero_info(f"{self.subcommand} writes to {folder}")
