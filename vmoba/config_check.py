@@ -13,7 +13,8 @@ from data.manifest import read_manifest
 from vmoba.attention import LAYER_KINDS
 from vmoba.attention.partition import block_shape
 from vmoba.model.processor import VMoBASettings
-from vmoba.model.wan import TINY_WAN
+from vmoba.model.vae import latent_size
+from vmoba.model.wan import TINY_WAN, patch_grid
 
 WAN_VAE_SCALE = (4, 8)  # AutoencoderKLWan's temporal and spatial factors when its config omits them
 
@@ -83,12 +84,12 @@ def token_grid(model: Any, data: Any) -> Optional[tuple[int, int, int]]:
         vae = _json(Path(model["vae_path"]).expanduser(), "vae")
         temporal = vae.get("scale_factor_temporal", WAN_VAE_SCALE[0])
         spatial = vae.get("scale_factor_spatial", WAN_VAE_SCALE[1])
-        frames, height, width = (frames - 1) // temporal + 1, height // spatial, width // spatial
+        frames, height, width = latent_size(frames, height, width, temporal, spatial)
     transformer = model.get("transformer")
     if transformer is None and model.get("pretrained_path") is not None:
         transformer = _json(Path(model["pretrained_path"]).expanduser(), "transformer")
-    pt, ph, pw = (transformer or TINY_WAN).get("patch_size", TINY_WAN["patch_size"])
-    return frames // pt, height // ph, width // pw
+    patch = (transformer or TINY_WAN).get("patch_size", TINY_WAN["patch_size"])
+    return patch_grid((frames, height, width), patch)
 
 
 def check_blocks(model: Any, data: Any) -> None:

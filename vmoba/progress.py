@@ -48,12 +48,19 @@ class LineProgressBar(ProgressBar):
     def _begin(self) -> None:
         self._started = self._last = time.monotonic()
 
-    def _line(self, text: str, force: bool = False) -> None:
+    def _due(self, force: bool = False) -> bool:
+        """Whether a line prints now (then the clock restarts): the text is built only then."""
         now = time.monotonic()
-        due = force or now - self._last >= self.interval_s
-        if self._enabled and self.trainer.is_global_zero and due:
+        if not (self._enabled and self.trainer.is_global_zero):
+            return False
+        if force or now - self._last >= self.interval_s:
             self._last = now
-            print(text, file=sys.stdout, flush=True)
+            return True
+        return False
+
+    @staticmethod
+    def _print(text: str) -> None:
+        print(text, file=sys.stdout, flush=True)
 
     def _metrics(self, pl_module: Any) -> str:
         items = self.get_metrics(self.trainer, pl_module)
@@ -68,24 +75,26 @@ class LineProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step, total = trainer.global_step, trainer.max_steps
+        if not self._due(force=step == total):
+            return
         per_step = (time.monotonic() - self._started) / max(1, step - self._first_step)
         left = f" | {per_step * (total - step) / 60:.1f} min left" if total and total > 0 else ""
         of = f"/{total}" if total and total > 0 else ""
-        self._line(f"step {step}{of}{self._metrics(pl_module)} | {per_step:.2f} s/step{left}",
-                   force=step == total)
+        self._print(f"step {step}{of}{self._metrics(pl_module)} | {per_step:.2f} s/step{left}")
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._validation_start = time.monotonic()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and self._due(force=True):
             seconds = time.monotonic() - self._validation_start
-            self._line(f"validation at step {trainer.global_step} done in {seconds:.0f} s"
-                       f"{self._metrics(pl_module)}", force=True)
+            self._print(f"validation at step {trainer.global_step} done in {seconds:.0f} s"
+                        f"{self._metrics(pl_module)}")
 
     def _batch_line(self, stage: str, batch_idx: int, total: Any) -> None:
-        of = f"/{int(total)}" if total not in (None, float("inf")) else ""
-        self._line(f"{stage} batch {batch_idx + 1}{of}")
+        if self._due():
+            of = f"/{int(total)}" if total not in (None, float("inf")) else ""
+            self._print(f"{stage} batch {batch_idx + 1}{of}")
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._begin()
@@ -100,4 +109,5 @@ class LineProgressBar(ProgressBar):
         self._batch_line("predict", batch_idx, self.total_predict_batches_current_dataloader)
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        self._line(f"predict done in {time.monotonic() - self._started:.0f} s", force=True)
+        if self._due(force=True):
+            self._print(f"predict done in {time.monotonic() - self._started:.0f} s")

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                         help="default: bf16 autocast on CUDA, fp32 elsewhere")
     args = parser.parse_args(argv)
-    precision = args.precision or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
+    device_type = torch.device(args.device).type
+    precision = args.precision or ("bf16" if device_type == "cuda" else "fp32")
 
     model, (_, frames, height, width) = load_for_sampling(args.checkpoint, args.device)
     video_shape = (3, args.frames or frames, *(args.size or (height, width)))
@@ -73,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     videos = []
     empty_text = model.text_encoder([""])  # the unconditional branch, shared by every prompt
-    device_type = torch.device(args.device).type
     prompts = read_prompts(args.prompts)
     for i, prompt in enumerate(prompts):
         start = time.perf_counter()

@@ -19,12 +19,14 @@ denser than :func:`vmoba.attention.selection.kept_density`; :func:`flex_tile_den
 
 Kernels: on CUDA a module-level ``torch.compile(flex_attention)`` (one compile per shape, block
 count and dtype, up to :data:`compile_limits.COMPILED_SHAPES`; past that a call raises rather
-than fall back to the unfused ``S x S`` path), whose backward is FlexAttention's own. On the CPU, FlexAttention's unfused eager implementation:
-forward only (torch has no CPU backward for it) and ``S x S`` scores, for tests and debugging.
+than fall back to the unfused ``S x S`` path), whose backward is FlexAttention's own. On the
+CPU, FlexAttention's unfused eager implementation: forward only (torch has no CPU backward for
+it) and ``S x S`` scores, for tests and debugging.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -140,12 +142,10 @@ def flex_attention(
     on_device = partition.on(q.device)
     perm, inverse = on_device.perm, on_device.inverse
     qh, kh, vh = (x[:, perm].transpose(1, 2) for x in (q, k, v))  # [B, H, S, D], block order
-    mask = flex_block_mask(keep, partition, TILE)
-    if q.device.type != "cuda":
-        out = torch_flex.flex_attention(qh, kh, vh, block_mask=mask)
-    elif torch.compiler.is_compiling():  # traced into the caller's compiled graph
-        out = _compiled_flex()(qh, kh, vh, block_mask=mask)
-    else:
-        with compiled_shapes(strict=True):  # never the eager S x S path
-            out = _compiled_flex()(qh, kh, vh, block_mask=mask)
+    cuda = q.device.type == "cuda"
+    attend = _compiled_flex() if cuda else torch_flex.flex_attention
+    # never the eager S x S path on CUDA (inside a caller's compiled graph, the caller's limits)
+    limit = cuda and not torch.compiler.is_compiling()
+    with compiled_shapes(strict=True) if limit else contextlib.nullcontext():
+        out = attend(qh, kh, vh, block_mask=flex_block_mask(keep, partition, TILE))
     return out.transpose(1, 2)[:, inverse]

@@ -99,6 +99,14 @@ if triton is not None:
         return first + tl.arange(0, BLOCK_K) < end
 
     @triton.jit
+    def _key_range(cu_k_ptr, seg, BLOCK_K: tl.constexpr):
+        """Segment ``seg``'s keys ``[first, end)`` and ``full_end``, where its whole key steps end
+        (a partial, masked step covers ``[full_end, end)`` if they differ)."""
+        first = tl.load(cu_k_ptr + seg)
+        end = tl.load(cu_k_ptr + seg + 1)
+        return first, first + (end - first) // BLOCK_K * BLOCK_K, end
+
+    @triton.jit
     def _forward_step(
         q, k_desc, v_desc, first, end, peak, norm, acc, scale,
         BLOCK_K: tl.constexpr, MASKED: tl.constexpr,
@@ -162,9 +170,7 @@ if triton is not None:
         peak = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
         norm = tl.zeros([BLOCK_Q], dtype=tl.float32)
         acc = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
-        key_first = tl.load(cu_k_ptr + seg)
-        key_end = tl.load(cu_k_ptr + seg + 1)
-        full_end = key_first + (key_end - key_first) // BLOCK_K * BLOCK_K
+        key_first, full_end, key_end = _key_range(cu_k_ptr, seg, BLOCK_K)
         for first in range(key_first, full_end, BLOCK_K):
             peak, norm, acc = _forward_step(
                 q, k_desc, v_desc, first, key_end, peak, norm, acc, scale, BLOCK_K, False
@@ -226,9 +232,7 @@ if triton is not None:
         dims = tl.arange(0, DIM)
         dq = tl.zeros([BLOCK_Q, DIM], dtype=tl.float32)
         lse2 = lse * _LOG2E
-        key_first = tl.load(cu_k_ptr + seg)
-        key_end = tl.load(cu_k_ptr + seg + 1)
-        full_end = key_first + (key_end - key_first) // BLOCK_K * BLOCK_K
+        key_first, full_end, key_end = _key_range(cu_k_ptr, seg, BLOCK_K)
         for first in range(key_first, full_end, BLOCK_K):
             dq = _dq_step(q, do, lse2, delta, k_desc, v_desc, first, key_end, dq, scale,
                           BLOCK_K, False)

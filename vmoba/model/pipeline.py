@@ -50,9 +50,7 @@ def enable_vmoba(
 
     def set_grid(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         latents = args[0] if args else kwargs["hidden_states"]  # [B, C, T, H, W]
-        grid = dit.latent_grid(latents.shape)
-        for processor in dit.processors:
-            processor.grid = grid
+        dit.set_grid(latents.shape)
 
     def dense_for(step: int) -> None:
         for processor in dit.processors:

@@ -10,6 +10,14 @@ from diffusers import AutoencoderKLWan
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def latent_size(
+    frames: int, height: int, width: int, temporal: int, spatial: int
+) -> tuple[int, int, int]:
+    """``(T', H', W')`` of the latents of ``frames`` x ``height`` x ``width`` pixels under a causal
+    video VAE with these compression factors (Wan 2.1: 4 and 8): the first frame stays alone."""
+    return (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+
 class LatentCodec(torch.nn.Module):
     """Videos ``[B, 3, T, H, W]`` in [-1, 1] <-> latents ``[B, z, (T - 1) / 4 + 1, H / 8, W / 8]``
     normalised per channel with the VAE's ``latents_mean`` / ``latents_std`` (as Wan's pipeline).
@@ -39,9 +47,9 @@ class LatentCodec(torch.nn.Module):
 
     def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """``(3, T, H, W)`` of a video -> ``(z, T', H', W')`` of its latents."""
-        _, frames, height, width = shape
-        temporal, spatial = self.vae.config.scale_factor_temporal, self.vae.config.scale_factor_spatial
-        return self.vae.config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial
+        config = self.vae.config
+        size = latent_size(*shape[1:], config.scale_factor_temporal, config.scale_factor_spatial)
+        return config.z_dim, *size
 
     @torch.no_grad()
     def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

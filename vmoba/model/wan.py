@@ -29,6 +29,13 @@ TINY_WAN = dict(
 )
 
 
+def patch_grid(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, int, int]:
+    """Token grid ``(T, Hg, Wg)`` of latents of ``shape`` ``(..., T, H, W)`` cut into ``patch``
+    ``(pt, ph, pw)`` patches."""
+    (t, h, w), (pt, ph, pw) = shape[-3:], patch
+    return t // pt, h // ph, w // pw
+
+
 def load_transformer(
     config: Optional[dict[str, Any]] = None, pretrained_path: Optional[str] = None
 ) -> WanTransformer3DModel:
@@ -118,18 +125,20 @@ class VideoDiT(torch.nn.Module):
 
     def latent_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """Token grid ``(T, Hg, Wg)`` of latents of ``shape`` ``(..., T, H, W)`` after patchifying."""
-        pt, ph, pw = self.transformer.config.patch_size
-        t, h, w = shape[-3:]
-        return t // pt, h // ph, w // pw
+        return patch_grid(shape, self.transformer.config.patch_size)
+
+    def set_grid(self, shape: Sequence[int]) -> None:
+        """Tell every VMoBA layer the token grid of the latents ``shape`` about to be denoised."""
+        grid = self.latent_grid(shape)
+        for processor in self.processors:
+            processor.grid = grid
 
     def forward(
         self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor
     ) -> torch.Tensor:
         """Velocity ``[B, C, T, H, W]`` for latents ``[B, C, T, H, W]``, timesteps ``[B]`` in
         [0, 1000] and text embeddings ``[B, L, text_dim]``."""
-        grid = self.latent_grid(latents.shape)
-        for processor in self.processors:
-            processor.grid = grid
+        self.set_grid(latents.shape)
         return self.transformer(latents, timestep, text, return_dict=False)[0]
 
     @contextlib.contextmanager
