@@ -1,10 +1,18 @@
 r"""Score generated videos with the metrics of eval.metrics; write JSON and a markdown table.
 
     python -m eval.run --videos DIR [--reference DIR] [--prompts FILE] \
-        [--metrics NAME ...] [--weights KEY=PATH ...] --out FILE.json
+        [--metrics NAME ...] [--weights KEY=PATH ...] [--no-weight-check] --out FILE.json
 
-Every ``*.mp4`` in DIR is scored (sorted by filename). Metrics whose weights or inputs are
-missing are reported as unavailable with the reason; nothing is downloaded.
+Every ``*.mp4`` in DIR is scored (sorted by filename). Without ``--metrics`` every metric runs and
+those whose weights or inputs are missing are reported as unavailable with the reason; a metric
+named in ``--metrics`` that cannot run is an error (exit 2, before anything is scored). Nothing is
+downloaded.
+
+The JSON is strict (RFC 8259): a non-finite score (PSNR of identical videos) is written as
+``null`` and listed under the metric's ``non_finite``. It records where the videos came from:
+``vmoba.sample``'s ``settings.json`` beside the videos (checkpoint, sampler, steps, guidance,
+seed, prompts) and beside the reference, and the prompt of every video. Without ``--prompts`` the
+prompts of that ``settings.json`` are used.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,20 +35,31 @@ from eval.metrics import (
     missing_inputs,
 )
 from eval.metrics.video import read_prompts, read_video
-from eval.metrics.weights import WEIGHT_FILES
+from eval.metrics.weights import WEIGHT_FILES, WeightMismatch
+from eval.results_io import checkout_commit
+
+GENERATION_FILE = "settings.json"  # what vmoba.sample writes beside its videos
+
+
+class RunError(Exception):
+    """A problem with the command's inputs; :func:`main` prints it on one line and exits 2."""
 
 
 def parse_weights(items: list[str]) -> dict[str, Path]:
-    """``["KEY=PATH", ...]`` -> {key: path}; keys must be known and files must exist."""
+    """``["KEY=PATH", ...]`` -> {key: path}; keys must be known and files must exist.
+
+    Raises:
+        RunError: an item is not ``KEY=PATH`` with a known key, or its file does not exist.
+    """
     weights = {}
     for item in items:
         key, sep, path = item.partition("=")
         if not sep or key not in WEIGHT_FILES:
-            raise ValueError(
+            raise RunError(
                 f"--weights expects KEY=PATH with KEY in {sorted(WEIGHT_FILES)}, got {item!r}"
             )
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--weights {key}={path}: no such file ({WEIGHT_FILES[key]})")
+            raise RunError(f"--weights {key}={path}: no such file ({WEIGHT_FILES[key]})")
         weights[key] = Path(path)
     return weights
 
@@ -47,7 +67,11 @@ def parse_weights(items: list[str]) -> dict[str, Path]:
 def build_metrics(
     names: list[str], options: Options, has_reference: bool, has_prompts: bool
 ) -> tuple[dict[str, Metric], dict[str, str]]:
-    """Metrics that can run, by name, and the reasons the others cannot."""
+    """Metrics that can run, by name, and the reasons the others cannot.
+
+    Raises:
+        WeightMismatch: a weights file is not the published one (and checking is on).
+    """
     ready, unavailable = {}, {}
     for name in names:
         cls = get_metric(name)
@@ -92,14 +116,33 @@ def evaluate(
     return scores, skipped
 
 
+def metric_result(per_video: dict[str, float]) -> dict:
+    """One metric's JSON entry: ``mean`` over the videos and ``per_video``, non-finite values as
+    ``null`` with their text (``"inf"``, ``"nan"``) under ``non_finite`` (key ``mean`` for the
+    mean)."""
+    values = {**per_video, "mean": math.fsum(per_video.values()) / len(per_video)}
+    non_finite = {key: str(value) for key, value in values.items() if not math.isfinite(value)}
+    finite = {key: value if math.isfinite(value) else None for key, value in values.items()}
+    result = {"mean": finite.pop("mean"), "per_video": finite}
+    if non_finite:
+        result["non_finite"] = non_finite
+    return result
+
+
+def _cell(result: dict, key: str) -> str:
+    """A score of a metric entry for the markdown table (``inf`` for a non-finite one)."""
+    value = result["mean"] if key == "mean" else result["per_video"][key]
+    return result["non_finite"][key] if value is None else f"{value:.4f}"
+
+
 def markdown(report: dict) -> str:
     """The report as markdown: one row per metric (mean or why unavailable), then per video."""
     lines = ["| metric | mean | note |", "|---|---|---|"]
     available = []
     for name, result in report["metrics"].items():
-        if "mean" in result:
+        if "per_video" in result:
             available.append(name)
-            lines.append(f"| {name} | {result['mean']:.4f} | |")
+            lines.append(f"| {name} | {_cell(result, 'mean')} | |")
         else:
             lines.append(f"| {name} | - | unavailable: {result['unavailable']} |")
     if available:
@@ -109,69 +152,108 @@ def markdown(report: dict) -> str:
             "|---" * (len(available) + 1) + "|",
         ]
         for video in report["videos"]:
-            row = [f"{report['metrics'][name]['per_video'][video]:.4f}" for name in available]
+            row = [_cell(report["metrics"][name], video) for name in available]
             lines.append(f"| {video} | " + " | ".join(row) + " |")
     for video, reason in report.get("skipped", {}).items():
         lines.append(f"\nSkipped, unreadable: {video} ({reason})")
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Score the videos as the CLI does; writes ``args.out`` and its ``.md`` and returns the report."""
+def read_generation(folder: Path) -> dict | None:
+    """The ``settings.json`` that ``vmoba.sample`` wrote beside the videos of ``folder``, or None."""
+    path = folder / GENERATION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def generation_prompts(generation: dict | None, names: list[str]) -> dict[str, str] | None:
+    """``{video: prompt}`` from a ``settings.json``'s ``videos`` list, if it has every video."""
+    listed = {v["file"]: v["prompt"] for v in (generation or {}).get("videos", [])}
+    return {name: listed[name] for name in names} if set(names) <= set(listed) else None
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[Path], Path | None, dict[str, str] | None]:
+    """The videos, the reference folder and the prompts of the command line, checked."""
     video_dir = Path(args.videos)
     videos = sorted(video_dir.glob("*.mp4"))
     if not videos:
-        raise FileNotFoundError(f"--videos {video_dir}: no *.mp4 files")
+        raise RunError(f"--videos {video_dir}: no *.mp4 files")
     names = [p.name for p in videos]
     reference_dir = Path(args.reference) if args.reference else None
     if reference_dir is not None:
         absent = [name for name in names if not (reference_dir / name).is_file()]
         if absent:
-            raise FileNotFoundError(f"--reference {reference_dir}: missing {absent}")
-    prompts = read_prompts(args.prompts, names) if args.prompts else None
+            raise RunError(f"--reference {reference_dir}: missing {absent}")
+    if args.prompts:
+        try:
+            prompts = read_prompts(args.prompts, names)
+        except (OSError, ValueError) as error:
+            raise RunError(str(error)) from error
+    else:
+        prompts = generation_prompts(read_generation(video_dir), names)
+    return videos, reference_dir, prompts
+
+
+def run(argv: list[str]) -> dict:
+    """Score the videos of the command line ``argv`` (``python -m eval.run``'s arguments); writes
+    ``--out`` and its ``.md`` and returns the report.
+
+    Raises:
+        RunError: bad inputs, a metric named in ``--metrics`` that cannot run, weights that are
+            not the published files, or no readable video.
+    """
+    args = parser().parse_args(argv)
+    videos, reference_dir, prompts = _inputs(args)
     options = Options(
         clip_model=args.clip_model,
         lpips_net=args.lpips_net,
         raft_arch=args.raft_arch,
         device=args.device,
         weights=parse_weights(args.weights),
+        check_weights=args.weight_check,
     )
     metric_names = args.metrics or list(METRICS)
-    ready, unavailable = build_metrics(
-        metric_names, options, reference_dir is not None, prompts is not None
-    )
+    try:
+        ready, unavailable = build_metrics(
+            metric_names, options, reference_dir is not None, prompts is not None
+        )
+    except WeightMismatch as error:
+        raise RunError(str(error)) from error
+    if args.metrics and unavailable:
+        raise RunError(
+            "; ".join(f"--metrics {name} cannot run: {why}" for name, why in unavailable.items())
+        )
     scores, skipped = evaluate(videos, ready, reference_dir, prompts)
     if ready and len(skipped) == len(videos):
-        raise RuntimeError(f"--videos {video_dir}: no readable video ({skipped})")
-    results = {}
-    for name in metric_names:
-        if name in unavailable:
-            results[name] = {"unavailable": unavailable[name]}
-        else:
-            per_video = scores[name]
-            results[name] = {
-                "mean": math.fsum(per_video.values()) / len(per_video),
-                "per_video": per_video,
-            }
+        raise RunError(f"--videos {args.videos}: no readable video ({skipped})")
+    results = {
+        name: {"unavailable": unavailable[name]} if name in unavailable else metric_result(scores[name])
+        for name in metric_names
+    }
+    kept = [p.name for p in videos if p.name not in skipped]
     report = {
         "metrics": results,
-        "videos": [name for name in names if name not in skipped],
+        "videos": kept,
         "skipped": skipped,
+        "prompts": None if prompts is None else {name: prompts[name] for name in kept},
+        "generation": read_generation(Path(args.videos)),
+        "reference_generation": read_generation(reference_dir) if reference_dir else None,
         "settings": {
-            "videos": str(video_dir),
+            "videos": str(args.videos),
             "reference": str(reference_dir) if reference_dir else None,
             "prompts": str(args.prompts) if args.prompts else None,
             "weights": {key: str(path) for key, path in options.weights.items()},
+            "weight_check": options.check_weights,
             "clip_model": options.clip_model,
             "lpips_net": options.lpips_net,
             "raft_arch": options.raft_arch,
             "device": options.device,
         },
+        "command": "python -m eval.run " + " ".join(argv),
+        "commit": checkout_commit(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # PSNR of identical videos is inf, written as JSON's common extension ``Infinity``.
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
     return report
 
@@ -179,19 +261,23 @@ def run(args: argparse.Namespace) -> dict:
 def parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--videos", required=True, help="directory of *.mp4 videos to score")
     p.add_argument("--reference", help="directory of same-named reference (full-attention) videos")
     p.add_argument(
-        "--prompts", help="prompts: .json {file: prompt}, .csv filename,prompt, or one per line"
+        "--prompts",
+        help="prompts: .json {file: prompt}, .csv filename,prompt, or one per line "
+        f"(default: those of {GENERATION_FILE} beside the videos, if any)",
     )
     p.add_argument(
         "--metrics",
         nargs="+",
         choices=list(METRICS),
         metavar="NAME",
-        help=f"metrics to compute (default all): {', '.join(METRICS)}",
+        help=f"metrics to compute, each must run (default: all that can): {', '.join(METRICS)}",
     )
     p.add_argument(
         "--weights",
@@ -199,6 +285,12 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=PATH",
         help="local weight files: " + "; ".join(f"{k}: {v}" for k, v in WEIGHT_FILES.items()),
+    )
+    p.add_argument(
+        "--no-weight-check",
+        dest="weight_check",
+        action="store_false",
+        help="load weights whose sha256 is not the published file's (e.g. fine-tuned ones)",
     )
     p.add_argument(
         "--clip-model", default="ViT-B-32-quickgelu", help="open_clip model name for --weights clip"
@@ -213,7 +305,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parser().parse_args(argv))
+    """Run the CLI; an input problem prints ``error: ...`` on stderr and exits with status 2."""
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared test helpers."""
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import yaml
 from vmoba.attention import vmoba_attention
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def strict_json(path: Path):
+    """The JSON file at ``path``, failing on the non-standard literals Infinity and NaN."""
+
+    def reject(literal):
+        raise ValueError(f"non-standard JSON literal {literal}")
+
+    return json.loads(Path(path).read_text(), parse_constant=reject)
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -50,6 +50,7 @@ class Options:
     raft_arch: str = "large"
     device: str = "cpu"
     weights: Mapping[str, Path] = field(default_factory=dict)
+    check_weights: bool = True  # check files against the checksums their canonical names carry
 
 
 class Metric(ABC):

@@ -59,7 +59,8 @@ def clip_image_size(model: torch.nn.Module) -> int:
 
 
 class SubjectConsistency(Metric):
-    """VBench subject consistency: :func:`consistency_score` of DINO ViT CLS features."""
+    """VBench ``subject_consistency``, the same procedure: every frame through DINO ViT-B/16
+    (:func:`dino_transform`), :func:`consistency_score` of the CLS features."""
 
     name = "subject_consistency"
     needs = Needs(weights=("dino",))
@@ -70,7 +71,7 @@ class SubjectConsistency(Metric):
 
     @classmethod
     def from_options(cls, options: Options) -> SubjectConsistency:
-        return cls(load_dino(weight_path(options.weights, "dino")).to(options.device))
+        return cls(load_dino(weight_path(options, "dino")).to(options.device))
 
     @torch.no_grad()
     def __call__(self, sample: Sample) -> float:
@@ -80,7 +81,8 @@ class SubjectConsistency(Metric):
 
 
 class BackgroundConsistency(Metric):
-    """VBench background consistency: :func:`consistency_score` of CLIP image embeddings."""
+    """VBench ``background_consistency``, the same procedure: every frame through CLIP ViT-B/32
+    (:func:`clip_transform`), :func:`consistency_score` of the image embeddings."""
 
     name = "background_consistency"
     needs = Needs(weights=("clip",))
@@ -91,7 +93,7 @@ class BackgroundConsistency(Metric):
 
     @classmethod
     def from_options(cls, options: Options) -> BackgroundConsistency:
-        model, _ = load_clip(weight_path(options.weights, "clip"), options.clip_model)
+        model, _ = load_clip(weight_path(options, "clip"), options.clip_model)
         return cls(model.to(options.device))
 
     @torch.no_grad()

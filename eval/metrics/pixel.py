@@ -37,7 +37,9 @@ def _pair(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TemporalFlickering(Metric):
-    """VBench temporal flickering (higher = less flicker)."""
+    """VBench ``temporal_flickering``'s score (higher = less flicker) on every video given. VBench
+    first keeps only static videos (RAFT-based static filter) and scores those; this metric has no
+    such filter, so a moving video scores lower here and VBench would have left it out."""
 
     name = "temporal_flickering"
 
@@ -82,7 +84,7 @@ class LPIPS(Metric):
 
     @classmethod
     def from_options(cls, options: Options) -> LPIPS:
-        return cls(load_lpips(weight_path(options.weights, "lpips"), options.lpips_net))
+        return cls(load_lpips(weight_path(options, "lpips", options.lpips_net), options.lpips_net))
 
     @torch.no_grad()
     def __call__(self, sample: Sample) -> float:

@@ -24,7 +24,8 @@ def limit_longer_side(frames: torch.Tensor, longest: int = 512) -> torch.Tensor:
 
 
 class ImagingQuality(Metric):
-    """Mean over frames of the model's score / 100 (higher = better)."""
+    """VBench ``imaging_quality``, the same procedure: MUSIQ (pyiqa, SPAQ checkpoint) on every
+    frame, the longer side limited to 512 (:func:`limit_longer_side`), mean score / 100."""
 
     name = "imaging_quality"
     needs = Needs(weights=("musiq",))
@@ -35,7 +36,7 @@ class ImagingQuality(Metric):
 
     @classmethod
     def from_options(cls, options: Options) -> ImagingQuality:
-        path = weight_path(options.weights, "musiq")
+        path = weight_path(options, "musiq")
         try:
             model = load_musiq(path)
         except ImportError as error:

@@ -8,10 +8,9 @@ from pathlib import Path
 from eval.metrics.base import Metric
 from eval.metrics.consistency import BackgroundConsistency, SubjectConsistency
 from eval.metrics.flow import DynamicDegree
-from eval.metrics.motion import MotionSmoothness
 from eval.metrics.pixel import LPIPS, PSNR, SSIM, TemporalFlickering
 from eval.metrics.quality import ImagingQuality
-from eval.metrics.text import ClipScore, TextConsistency
+from eval.metrics.text import ClipScore
 from eval.metrics.weights import WEIGHT_FILES
 
 METRICS: dict[str, type[Metric]] = {
@@ -24,10 +23,8 @@ METRICS: dict[str, type[Metric]] = {
         BackgroundConsistency,
         DynamicDegree,
         ImagingQuality,
-        TextConsistency,
         ClipScore,
         TemporalFlickering,
-        MotionSmoothness,
     )
 }
 

@@ -1,4 +1,8 @@
-"""Video-text similarity with an open_clip model: text consistency and CLIP score."""
+"""CLIP score of a video against its prompt: per-frame image-text similarity with open_clip.
+
+Not VBench's text-video dimension: VBench's ``overall_consistency`` (the paper's TextConsis column)
+embeds the whole clip with ViCLIP, whose code is not packaged; this repo does not compute it.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,12 @@ def frame_text_similarity(
     return 100 * (image_emb @ text_emb.T).squeeze(-1)
 
 
-class _ClipText(Metric):
+class ClipScore(Metric):
+    """CLIPScore (Hessel et al. 2021, torchmetrics' ``clip_score`` definition) per frame, averaged
+    over frames: ``mean_t max(100 * cos(image_emb_t, text_emb), 0)``. Frames are resized and
+    normalised as :func:`~eval.metrics.consistency.clip_transform`."""
+
+    name = "clip_score"
     needs = Needs(weights=("clip",), prompts=True)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Callable) -> None:
@@ -42,32 +51,14 @@ class _ClipText(Metric):
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_options(cls, options: Options) -> _ClipText:
-        model, tokenizer = load_clip(weight_path(options.weights, "clip"), options.clip_model)
+    def from_options(cls, options: Options) -> ClipScore:
+        model, tokenizer = load_clip(weight_path(options, "clip"), options.clip_model)
         return cls(model.to(options.device), tokenizer)
 
-    def _similarities(self, sample: Sample) -> torch.Tensor:
+    @torch.no_grad()
+    def __call__(self, sample: Sample) -> float:
         if sample.prompt is None:
             raise ValueError(f"{self.name} needs a prompt")
-        with torch.no_grad():
-            return frame_text_similarity(
-                self.model, self.tokenizer, to_float_frames(sample.frames), sample.prompt
-            )
-
-
-class TextConsistency(_ClipText):
-    """Mean over frames of ``100 * cos(image_emb, text_emb)``."""
-
-    name = "text_consistency"
-
-    def __call__(self, sample: Sample) -> float:
-        return float(self._similarities(sample).mean())
-
-
-class ClipScore(_ClipText):
-    """torchmetrics-style CLIP score: mean over frames of ``max(100 * cos, 0)``."""
-
-    name = "clip_score"
-
-    def __call__(self, sample: Sample) -> float:
-        return float(self._similarities(sample).clamp(min=0).mean())
+        frames = to_float_frames(sample.frames)
+        similarity = frame_text_similarity(self.model, self.tokenizer, frames, sample.prompt)
+        return float(similarity.clamp(min=0).mean())
