@@ -1,14 +1,31 @@
 """The paper's Tables 1, 2, 3 and 5 beside this repo's numbers, as markdown.
 
     python -m eval.paper_tables [--results eval/results] [--out eval/results/paper_tables.md]
-                                [--metrics FILE] [--paper PATH]
+                                [--quality TABLE:SIZE:METHOD=SCORES.json ...]
 
-The paper's cells come verbatim from ``paper-tables.json``. Ours come from: ``eval.flops`` (every
-row with a FLOPs cell); ``attention_h200.json`` (attention speed, rows whose tokens and selection
-match a benchmark setting); ``train_step_h200.json`` (training step, records ``tokens``,
-``attention`` "full"|"vmoba", ``step_s``); a quality file (``--metrics``, default
-``quality_metrics.json`` in the results folder: records ``tokens``, ``attention``, ``means``
-{metric: mean}). Anything without a source reads "not measured".
+The paper's cells come verbatim from ``eval/paper_tables.json`` (transcribed from the paper, shipped
+with the package). Ours come from: ``eval.flops`` (every row with a FLOPs cell);
+``RESULTS/attention_h200.json`` (attention speed, rows whose tokens and selection match a benchmark
+setting); ``RESULTS/train_step_h200.json`` (training step, records ``tokens``, ``attention``
+"full"|"vmoba", ``step_s``); and ``--quality`` files. Anything without a source reads
+"not measured".
+
+``--quality TABLE:SIZE:METHOD=SCORES.json`` (repeatable) puts the metric means of one
+``python -m eval.run ... --out SCORES.json`` into one row of Table 1, 2 or 5. TABLE is table1,
+table2 or table5; SIZE the row's video size FxHxW (``×`` or ``x``); METHOD the row's Method cell
+without its citation (``VMoBA``, ``FullAttn``, ``MoBA``, ``+ SVG``, ``Pretrained Wan 2.1``). A key
+that names no row of the paper is an error listing the valid choices. For example:
+
+    python -m eval.paper_tables --quality table2:93x576x1024:VMoBA=vmoba.json \
+        --quality table2:93x576x1024:FullAttn=full.json
+
+Each of the paper's quality columns gets an "ours" column beside it, filled from the file's
+``metrics`` -> NAME -> ``mean``: PSNR <- psnr (dB, as the paper prints it); BGConsis <-
+background_consistency, SubConsist <- subject_consistency, ImageQual <- imaging_quality, Dynamic <-
+dynamic_degree (eval.run writes fractions in [0, 1]; printed x100 as "NN.NN%" like the paper).
+TextConsis is VBench's overall_consistency (ViCLIP on the whole clip), which this repo does not
+compute: it always reads "not measured" (clip_score is a different metric). A metric that is null,
+unavailable or absent in the file reads "not measured" too.
 """
 
 from __future__ import annotations
@@ -16,11 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from eval.flops import forward_tflops
 
-PAPER_JSON = Path(__file__).resolve().parents[2] / "shared/docs/paper-tables.json"
+PAPER_JSON = Path(__file__).with_name("paper_tables.json")
 NOT_MEASURED = "not measured"
 REFERENCE = "reference"
 FULL_METHODS = ("FullAttn", "Pretrained Wan 2.1")
@@ -39,6 +57,16 @@ BLOCKS = {
 SELECTION = {"table1": ("topk", "query_head"), "table2": ("threshold", "head_global"),
              "table5": ("threshold", "head_global")}
 TRAINING_TABLES = ("table2", "table5")
+MAIN_TABLES = ("table1", "table2", "table5")
+# The paper's quality columns -> the eval.run metric that fills ours beside them; None: this repo
+# does not compute it (TextConsis is VBench's overall_consistency, ViCLIP on the whole clip).
+QUALITY_METRICS = {"PSNR↑": "psnr", "TextConsis↑": None, "Dynamic↑": "dynamic_degree",
+                   "BGConsis↑": "background_consistency", "ImageQual↑": "imaging_quality",
+                   "SubConsist↑": "subject_consistency"}
+# Metrics eval.run writes as fractions in [0, 1] and the paper prints as percents; psnr is in dB.
+FRACTION_METRICS = frozenset({"dynamic_degree", "background_consistency", "imaging_quality",
+                              "subject_consistency"})
+QualityKey = tuple[str, str, str]  # (table id, video size FxHxW with '×', method without citation)
 
 
 def video_size(cell: str) -> str:
@@ -47,6 +75,16 @@ def video_size(cell: str) -> str:
     if match is None:
         raise ValueError(f"no FxHxW video size in {cell!r}")
     return match.group(0)
+
+
+def method_name(cell: str) -> str:
+    """A Method cell without its citation: 'MoBA [19]' -> 'MoBA', '+ SVG [37]' -> '+ SVG'."""
+    return re.sub(r"\s*\[\d+\]$", "", cell)
+
+
+def row_key(table: str, row: list[str]) -> QualityKey:
+    """(table id, video size, method) of a row of Table 1, 2 or 5: what ``--quality`` names."""
+    return table, video_size(row[0]), method_name(row[1])
 
 
 def latent_tokens(size: str) -> int:
@@ -98,12 +136,62 @@ def train_step_speedup(records: list[dict], tokens: int) -> tuple[float, float, 
     return steps["full"] / steps["vmoba"], steps["full"], steps["vmoba"]
 
 
-def quality_cell(records: list[dict], tokens: int, attention: str) -> str:
-    """'TextConsis 25.1, Dynamic 60.2' from the first record at (tokens, attention)."""
-    for r in records:
-        if (r["tokens"], r["attention"]) == (tokens, attention):
-            return ", ".join(f"{name} {value:.4g}" for name, value in r["means"].items())
-    return NOT_MEASURED
+def check_choice(value: str, choices: list[str], what: str) -> None:
+    """ValueError naming ``what`` and the valid choices unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
+
+
+def parse_quality(spec: str, paper: dict) -> tuple[QualityKey, Path]:
+    """'table2:93x576x1024:VMoBA=s.json' -> (('table2', '93×576×1024', 'VMoBA'), Path('s.json'));
+    ValueError, naming the valid choices, unless the key names a row of the paper."""
+    key, sep, path = spec.partition("=")
+    parts = key.split(":")
+    if not sep or not path or len(parts) != 3:
+        raise ValueError(f"--quality expects TABLE:SIZE:METHOD=FILE, got {spec!r}")
+    table, size, method = parts[0], parts[1].replace("x", "×"), parts[2]
+    check_choice(table, list(MAIN_TABLES), "table")
+    keys = [row_key(table, row) for row in paper[table]["rows"]]
+    check_choice(size, list(dict.fromkeys(k[1] for k in keys)), f"video size of {table}")
+    check_choice(method, [k[2] for k in keys if k[1] == size], f"method of {table} at {size}")
+    return (table, size, method), Path(path)
+
+
+def metric_means(path: Path) -> dict[str, float]:
+    """{metric: mean} of an ``eval.run`` output, ``{"metrics": {NAME: {"mean": float | null, ...}
+    | {"unavailable": reason}}, ...}``, leaving out metrics without a mean; ValueError when it is
+    no such output or a fraction metric's mean lies outside [0, 1] (already a percent?)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from error
+    metrics = data.get("metrics") if isinstance(data, dict) else None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: not an eval.run output (no 'metrics' object)")
+    means = {name: float(entry["mean"]) for name, entry in metrics.items()
+             if isinstance(entry, dict) and isinstance(entry.get("mean"), (int, float))}
+    for name in FRACTION_METRICS & means.keys():
+        if not 0 <= means[name] <= 1:
+            raise ValueError(f"{path}: {name} mean {means[name]} is not a fraction in [0, 1]")
+    return means
+
+
+def quality_text(metric: str | None, means: dict[str, float]) -> str:
+    """One of our quality cells: '94.47%' for a fraction metric (x100, as the paper prints it),
+    '22.67' for psnr (dB); NOT_MEASURED for a column this repo does not compute (None) or a metric
+    without a mean."""
+    if metric is None or metric not in means:
+        return NOT_MEASURED
+    value = means[metric]
+    return f"{100 * value:.2f}%" if metric in FRACTION_METRICS else f"{value:.2f}"
+
+
+def beside_quality(columns: list[str], cells: list[str], ours: Callable[[str], str]) -> list[str]:
+    """``cells`` (one per paper column) with ``ours(column)`` right after each quality column's."""
+    out = []
+    for column, cell in zip(columns, cells, strict=True):
+        out += [cell, ours(column)] if column in QUALITY_METRICS else [cell]
+    return out
 
 
 def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
@@ -134,18 +222,27 @@ def our_cells(table: str, row: list[str], has_flops: bool,
             cells.append(fmt.format(*measured))
         else:
             cells.append(NOT_MEASURED)
-    attention = {"FullAttn": "full", "VMoBA": "vmoba"}.get(method)
-    quality = None if attention is None else quality_cell(results["quality"], tokens, attention)
-    return cells + [quality or NOT_MEASURED]
+    return cells
 
 
-def main_table(table: str, data: dict, results: dict[str, list[dict]]) -> str:
-    """Table 1, 2 or 5: the paper's columns, then ours."""
+def quality_row(table: str, columns: list[str], row: list[str],
+                quality: dict[QualityKey, dict[str, float]]) -> list[str]:
+    """A paper row with our quality cell (from the row's ``--quality`` means) beside each of its
+    quality cells."""
+    means = quality.get(row_key(table, row), {})
+    return beside_quality(columns, row, lambda column: quality_text(QUALITY_METRICS[column], means))
+
+
+def main_table(table: str, data: dict, results: dict[str, list[dict]],
+               quality: dict[QualityKey, dict[str, float]]) -> str:
+    """Table 1, 2 or 5: the paper's columns with ours beside each quality column, then ours."""
+    columns = data["columns"]
     ours = ["ours FLOPs", "ours attn speedup fwd / fwd+bwd"]
-    ours += ["ours train-step speedup"] * (table in TRAINING_TABLES) + ["ours quality"]
-    flops = data["columns"].index("FLOPs↓")
-    rows = [row + our_cells(table, row, bool(row[flops]), results) for row in data["rows"]]
-    return markdown_table(data["columns"] + ours, rows)
+    ours += ["ours train-step speedup"] * (table in TRAINING_TABLES)
+    flops = columns.index("FLOPs↓")
+    rows = [quality_row(table, columns, row, quality)
+            + our_cells(table, row, bool(row[flops]), results) for row in data["rows"]]
+    return markdown_table(beside_quality(columns, columns, lambda c: f"ours {c}") + ours, rows)
 
 
 def ablation_table(data: dict) -> str:
@@ -160,10 +257,13 @@ def ablation_table(data: dict) -> str:
 
 def header(sources: dict[str, str]) -> str:
     """What each of our columns is and where it came from."""
+    filled = ", ".join(f"{column} <- {metric}"
+                       for column, metric in QUALITY_METRICS.items() if metric is not None)
     return "\n".join([
         "# The paper's tables beside this repo's numbers",
         "",
-        "Made by `python -m eval.paper_tables`; paper cells verbatim from paper-tables.json. Ours:",
+        ("Made by `python -m eval.paper_tables`; paper cells verbatim from"
+         " `eval/paper_tables.json`. Ours:"),
         "",
         ("- **ours FLOPs**: `eval.flops.forward_tflops`, one forward pass of Wan 2.1 1.3B (spec"
          " section 7): full attention when Sparsity is '-', else block-sparse at density ="
@@ -175,18 +275,24 @@ def header(sources: dict[str, str]) -> str:
          f" {sources['attention']}."),
         ("- **ours train-step speedup**: full-attention / VMoBA seconds per training step at the"
          f" row's tokens (VMoBA rows); from {sources['train_step']}."),
-        f"- **ours quality**: per-metric means of our eval runs; from {sources['quality']}.",
+        ("- **ours** beside a quality column of the paper: the mean of a `python -m eval.run`"
+         f" output given for the row with `--quality TABLE:SIZE:METHOD=FILE`, {filled}; fractions"
+         f" x100 as percents like the paper, psnr in dB. Given for {sources['quality']}."),
+        ("- **ours TextConsis↑**: always not measured: the paper's TextConsis is VBench's"
+         " overall_consistency (ViCLIP on the whole clip), which this repo does not compute."),
         "- **reference**: a full-attention row, what the speedups are measured against.",
         "- Table 3 (ablations): this repo has no ablation runs.",
     ])
 
 
-def render(paper: dict, results: dict[str, list[dict]], sources: dict[str, str]) -> str:
+def render(paper: dict, results: dict[str, list[dict]],
+           quality: dict[QualityKey, dict[str, float]], sources: dict[str, str]) -> str:
     """The whole markdown document: header, then Tables 1, 2, 3 and 5."""
     sections = [header(sources)]
     for table in ("table1", "table2", "table3", "table5"):
         data = paper[table]
-        body = ablation_table(data) if table == "table3" else main_table(table, data, results)
+        body = (ablation_table(data) if table == "table3"
+                else main_table(table, data, results, quality))
         sections.append(f"## {data['caption']}\n\n{body}")
     return "\n\n".join(sections) + "\n"
 
@@ -195,7 +301,29 @@ def load_records(path: Path) -> tuple[list[dict], str]:
     """(records, where they came from) of a JSON list file; ([], 'absent') when there is none."""
     if not path.exists():
         return [], f"`{path}` (absent)"
-    return json.loads(path.read_text()), f"`{path}`"
+    return json.loads(path.read_text(encoding="utf-8")), f"`{path}`"
+
+
+def load_quality(specs: list[str],
+                 paper: dict) -> tuple[dict[QualityKey, dict[str, float]], str]:
+    """({row key: metric means}, where they came from) of the ``--quality`` specs; ValueError for
+    a bad key, a row given twice, or a file that is missing or no eval.run output."""
+    quality, sources = {}, []
+    for spec in specs:
+        key, path = parse_quality(spec, paper)
+        if key in quality:
+            raise ValueError(f"--quality {spec!r}: row {':'.join(key)} given twice")
+        if not path.is_file():
+            raise ValueError(f"--quality {spec!r}: no such file {path}")
+        quality[key] = metric_means(path)
+        sources.append(f"{' '.join(key)} (`{path}`)")
+    return quality, "; ".join(sources) or "no row"
+
+
+def load_paper() -> dict:
+    """The paper's tables as transcribed in ``eval/paper_tables.json``: {"table1": {"caption",
+    "columns", "rows": [[cell, ...], ...]}, ..., "table3": {"caption", "a".."d": sub-tables}}."""
+    return json.loads(PAPER_JSON.read_text(encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,22 +331,25 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=Path("eval/results"),
                         help="folder with attention_h200.json and train_step_h200.json")
-    parser.add_argument("--out", type=Path, default=Path("eval/results/paper_tables.md"))
-    parser.add_argument("--metrics", type=Path, default=None,
-                        help="quality means JSON (default: RESULTS/quality_metrics.json)")
-    parser.add_argument("--paper", type=Path, default=PAPER_JSON,
-                        help="the paper's tables, transcribed")
+    parser.add_argument("--out", type=Path, default=Path("eval/results/paper_tables.md"),
+                        help="markdown file to write (the text is printed too)")
+    parser.add_argument("--quality", action="append", default=[],
+                        metavar="TABLE:SIZE:METHOD=SCORES.json",
+                        help="eval.run output for one row of Table 1, 2 or 5, e.g."
+                             " table2:93x576x1024:VMoBA=scores.json (repeatable)")
     args = parser.parse_args(argv)
-    if not args.paper.exists():
-        parser.error(f"paper tables not found at {args.paper}; pass --paper")
+    paper = load_paper()
+    try:
+        quality, quality_source = load_quality(args.quality, paper)
+    except ValueError as error:
+        parser.error(str(error))
     files = {"attention": args.results / "attention_h200.json",
-             "train_step": args.results / "train_step_h200.json",
-             "quality": args.metrics or args.results / "quality_metrics.json"}
+             "train_step": args.results / "train_step_h200.json"}
     loaded = {name: load_records(path) for name, path in files.items()}
-    text = render(json.loads(args.paper.read_text()), {name: r for name, (r, _) in loaded.items()},
-                  {name: s for name, (_, s) in loaded.items()})
+    sources = {name: source for name, (_, source) in loaded.items()} | {"quality": quality_source}
+    text = render(paper, {name: records for name, (records, _) in loaded.items()}, quality, sources)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    args.out.write_text(text, encoding="utf-8")
     print(text, end="")
 
 

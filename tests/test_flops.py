@@ -7,15 +7,10 @@ VMoBA 145.25T at density 0.31 (Table 1, -2.5%) and 121.51T at density 0.19 (Tabl
 against the paper's 149.00T in both tables.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 
 from eval.flops import block_sparse_attention_flops, dense_attention_flops, forward_tflops, main
-from eval.paper_tables import latent_tokens, parse_tflops, row_tflops, video_size
-
-PAPER = Path(__file__).resolve().parents[2] / "shared/docs/paper-tables.json"
+from eval.paper_tables import latent_tokens, load_paper, parse_tflops, row_tflops, video_size
 
 _VMOBA = {"attention": "vmoba", "blocks": (8, 48, 72)}
 # Cells this model does not reproduce, with the relative error it measures (see eval/flops.py).
@@ -29,11 +24,9 @@ KNOWN_MISMATCH = {
 
 
 def _flops_cells() -> list:
-    """One param per FLOPs cell: (table, video size, method, sparsity, cell text)."""
-    if not PAPER.exists():
-        reason = f"paper tables not found at {PAPER}"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
-    paper = json.loads(PAPER.read_text())
+    """One param per FLOPs cell of eval/paper_tables.json: (table, video size, method, sparsity,
+    cell text)."""
+    paper = load_paper()
     cells = []
     for table in ("table1", "table2", "table5"):
         column = paper[table]["columns"].index("FLOPs↓")
