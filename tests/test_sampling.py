@@ -1,12 +1,13 @@
 """Flow-matching samplers: Euler and UniPC on an exactly known velocity field and on a tiny DiT."""
 
 import contextlib
+import json
 
 import pytest
 import torch
 
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
-from vmoba.sampling import make_scheduler, sample_videos
+from vmoba.sampling import make_scheduler, record_samples, sample_videos
 
 MU, STD = 0.2, 0.3  # the data distribution N(MU, STD^2) of every element
 SHAPE = (1, 2, 4, 4)
@@ -64,3 +65,17 @@ def test_unipc_and_euler_sample_the_tiny_dit_differently():
 def test_unknown_scheduler_is_refused():
     with pytest.raises(ValueError, match=r"scheduler must be one of \('euler', 'unipc'\)"):
         make_scheduler("ddim", 3.0)
+
+
+def test_record_samples_lists_every_video_of_a_folder_filled_batch_by_batch(tmp_path):
+    settings = {"checkpoint": "last.ckpt", "seed": 0, "shape": (3, 5, 32, 32)}
+    record_samples(tmp_path, settings, [{"file": "a.mp4", "prompt": "x"}])
+    record_samples(tmp_path, settings, [{"file": "b.mp4", "prompt": "y"}])
+    record_samples(tmp_path, settings, [{"file": "a.mp4", "prompt": "z"}])  # a rewritten video
+    written = json.loads((tmp_path / "settings.json").read_text())
+    assert written == {"checkpoint": "last.ckpt", "seed": 0, "shape": [3, 5, 32, 32],
+                       "videos": [{"file": "a.mp4", "prompt": "z"}, {"file": "b.mp4", "prompt": "y"}]}
+    record_samples(tmp_path, {**settings, "seed": 1}, [{"file": "c.mp4", "prompt": "w"}])
+    written = json.loads((tmp_path / "settings.json").read_text())
+    assert written["seed"] == 1 and written["videos"] == [{"file": "c.mp4", "prompt": "w"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]  # no temporary left

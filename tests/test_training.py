@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.synthetic import ensure_synthetic_dataset
+from eval import run as eval_run
 from vmoba.attention import block_partition
 from vmoba.checkpoint_io import AtomicCheckpointIO
 from vmoba.cli import VMoBACLI
@@ -125,6 +126,16 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     predictions = run_dir / "predict" / "predictions"  # each command in its own folder
     assert len(list(predictions.glob("*.mp4"))) == predicted.datamodule.batch_size
     assert (run_dir / "test-1" / "test_samples").is_dir()  # the second test run
+    # Each sample folder lists its videos, their prompts and how they were sampled: eval.run
+    # records that and scores with those prompts.
+    samples = run_dir / "test" / "test_samples"
+    made = json.loads((samples / "settings.json").read_text())
+    assert {v["file"] for v in made["videos"]} == {p.name for p in samples.glob("*.mp4")}
+    assert made["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt") and made["seed"] == 0
+    report = eval_run.run(["--videos", str(samples), "--metrics", "temporal_flickering",
+                           "--out", str(tmp_path / "scores.json")])
+    assert report["generation"] == made
+    assert report["prompts"] == {v["file"]: v["prompt"] for v in made["videos"]}
 
 
 @pytest.mark.parametrize("strategy,samples", [("ddp", 0), ("ulysses", 1)])

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from data.video_io import write_mp4
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 from vmoba.model.vae import LatentCodec
-from vmoba.sampling import Scheduler, sample_videos
+from vmoba.sampling import Scheduler, make_scheduler, record_samples, sample_videos
 from vmoba.test_metrics import TestMetrics
 from vmoba.text import TextEncoder
 
@@ -301,8 +301,10 @@ class VMoBAFlowMatching(L.LightningModule):
     ) -> list[Path]:
         """Sample one video per caption, of latent ``shape`` ``(C, T, H, W)`` (the DiT's input),
         and write them as mp4 files named ``<prefix>_<i>_<caption>.mp4`` (the same names in every
-        run with the same seed). With sequence parallelism the whole group samples and its first
-        rank writes."""
+        run with the same seed), listed with their prompts and the sampling settings in the
+        folder's ``settings.json`` (:func:`~vmoba.sampling.record_samples`; under data
+        parallelism, rank 0's videos). With sequence parallelism the whole group samples and its
+        first rank writes."""
         text = self.text_encoder(captions)
         latents = sample_videos(
             self.dit,
@@ -322,7 +324,26 @@ class VMoBAFlowMatching(L.LightningModule):
             folder.mkdir(parents=True, exist_ok=True)
             for path, video in zip(paths, videos):
                 write_mp4(path, to_uint8_frames(video), fps=self.hparams.sample_fps)
+            if self.trainer.global_rank == 0:
+                listed = [
+                    dict(file=p.name, prompt=c, step=self.trained_steps)
+                    for p, c in zip(paths, captions)
+                ]
+                record_samples(folder, self.sampling_settings(), listed)
         return paths
+
+    def sampling_settings(self) -> dict[str, Any]:
+        """How :meth:`save_samples` samples: the checkpoint loaded (None in a fresh fit), the
+        scheduler, steps, guidance, flow shift, dense fraction, noise seed and attention."""
+        hp = self.hparams
+        ckpt_path = self.trainer.ckpt_path
+        return dict(
+            checkpoint=None if ckpt_path is None else str(ckpt_path),
+            steps=hp.sample_steps,
+            scheduler=type(make_scheduler(hp.sample_scheduler, hp.flow_shift)).__name__,
+            guidance_scale=hp.guidance_scale, flow_shift=hp.flow_shift,
+            dense_fraction=hp.dense_fraction, seed=hp.seed, attention=self.settings.attention,
+        )
 
     def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
         """Videos ``[B, 3, T, H, W]`` in [-1, 1] of the DiT's ``latents`` (decoded by the VAE)."""

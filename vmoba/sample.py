@@ -23,7 +23,7 @@ import torch
 
 from data.video_io import write_mp4
 from vmoba.flow_matching import VMoBAFlowMatching, caption_slug, step_generator, to_uint8_frames
-from vmoba.sampling import SCHEDULERS, make_scheduler, sample_videos
+from vmoba.sampling import SCHEDULERS, make_scheduler, record_samples, sample_videos
 
 
 def load_for_sampling(
@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     flow_shift = model.hparams.flow_shift if args.flow_shift is None else args.flow_shift
     scheduler = args.scheduler or model.hparams.sample_scheduler
     args.out.mkdir(parents=True, exist_ok=True)
-    videos = []
+    settings = dict(
+        checkpoint=str(args.checkpoint), shape=list(video_shape), latent_shape=list(shape),
+        steps=args.steps, scheduler=type(make_scheduler(scheduler, flow_shift)).__name__,
+        guidance_scale=args.guidance, flow_shift=flow_shift, dense_fraction=args.dense_fraction,
+        seed=args.seed, precision=precision, attention=model.settings.attention,
+        layer_kinds=[p.kind for p in model.dit.processors],
+    )
     empty_text = model.text_encoder([""])  # the unconditional branch, shared by every prompt
     prompts = read_prompts(args.prompts)
     for i, prompt in enumerate(prompts):
@@ -88,17 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         name = f"{i:03d}_{caption_slug(prompt)}.mp4"
         write_mp4(args.out / name, to_uint8_frames(video), fps=args.fps)
         densities = [round(p.density.item(), 4) for p in model.dit.processors if p.density is not None]
-        videos.append(dict(file=name, prompt=prompt, layer_density=densities))
+        record_samples(args.out, settings, [dict(file=name, prompt=prompt, layer_density=densities)])
         print(f"[{i + 1}/{len(prompts)}] {name}: {time.perf_counter() - start:.1f} s", flush=True)
-    settings = dict(
-        checkpoint=str(args.checkpoint), shape=list(video_shape), latent_shape=list(shape),
-        steps=args.steps, scheduler=type(make_scheduler(scheduler, flow_shift)).__name__,
-        guidance_scale=args.guidance, flow_shift=flow_shift, dense_fraction=args.dense_fraction,
-        seed=args.seed, precision=precision, attention=model.settings.attention,
-        layer_kinds=[p.kind for p in model.dit.processors], videos=videos,
-    )
-    (args.out / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
-    print(f"wrote {len(videos)} videos and settings.json to {args.out}")
+    print(f"wrote {len(prompts)} videos and settings.json to {args.out}")
 
 
 if __name__ == "__main__":

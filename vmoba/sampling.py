@@ -3,11 +3,14 @@ attention for the first denoising steps (the paper's inference schedule)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
+from data.fsutil import atomic_output
 from vmoba.model.wan import VideoDiT
 
 Scheduler = Literal["euler", "unipc"]
@@ -30,6 +33,28 @@ def make_scheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
         )
     raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+
+
+SETTINGS_FILE = "settings.json"  # beside sampled videos: how they were made (eval.run reads it)
+
+
+def record_samples(folder: Path, settings: dict[str, Any], videos: list[dict[str, Any]]) -> None:
+    """Write ``folder/settings.json``: ``settings`` (checkpoint, scheduler, steps, guidance, seed,
+    ...) and ``videos``, one ``{"file", "prompt", ...}`` per mp4 in ``folder``.
+
+    Videos of an earlier call with equal ``settings`` are kept (an entry for the same file is
+    replaced), so a folder filled batch by batch lists every video; different settings start a
+    new list. Written atomically.
+    """
+    path = folder / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings))  # as read back: tuples become lists
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    listed = earlier.pop("videos", [])
+    if earlier != settings:
+        listed = []
+    by_file = {video["file"]: video for video in [*listed, *videos]}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({**settings, "videos": list(by_file.values())}, indent=1) + "\n")
 
 
 @torch.no_grad()
