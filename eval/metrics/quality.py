@@ -40,7 +40,7 @@ class ImagingQuality(Metric):
         try:
             model = load_musiq(path)
         except ImportError as error:
-            raise MetricUnavailable(f"needs `pip install pyiqa` ({error})") from error
+            raise MetricUnavailable(f'needs pyiqa: pip install -e ".[iqa]" ({error})') from error
         return cls(model.to(options.device))
 
     @torch.no_grad()
