@@ -7,7 +7,7 @@ in Lightning):
 - ``data.video_dataset``: ``VideoClipDataset`` decodes clips listed in a manifest.
 - ``data.datamodule``: ``VideoDataModule`` (LightningDataModule) and ``collate_videos``.
 - ``data.latent_cache``: the latent cache's format and ``LatentCacheDataset``;
-  ``python -m data.preprocess`` writes caches (VAE posteriors and caption embeddings).
+  ``python -m vmoba.preprocess`` writes caches (VAE posteriors and caption embeddings).
 - ``data.manifest``, ``data.video_io``, ``data.transforms``, ``data.sampler``, ``data.fsutil``:
   manifest parsing, mp4 writing, resize/crop, epoch-seeded shuffling, atomic file output.
 """

@@ -37,14 +37,14 @@ class VideoDataModule(L.LightningDataModule):
 
     With both manifests left as None, a synthetic "moving shapes" set is generated (once) under
     ``synthetic_root`` in :meth:`prepare_data` and used for both splits. With both caches set,
-    batches are read from latent caches (``python -m data.preprocess``): VAE posteriors and
+    batches are read from latent caches (``python -m vmoba.preprocess``): VAE posteriors and
     caption embeddings instead of decoded videos (a :class:`~data.latent_cache.CachedBatch`).
 
     Args:
         train_manifest: CSV or JSONL manifest of training clips (fields ``path``, ``caption``).
             Give both manifests or neither.
         val_manifest: manifest of validation clips, same format.
-        train_cache: latent cache of the training clips, written by ``python -m data.preprocess``
+        train_cache: latent cache of the training clips, written by ``python -m vmoba.preprocess``
             with the same num_frames, frame_stride, target_fps and resolution as here. Give both
             caches or neither, and then no manifests. The clips' start frames are the cache's
             (its preprocessing seed); ``seed`` still orders the batches.

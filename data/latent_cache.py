@@ -1,6 +1,6 @@
 """The latent cache: VAE posteriors and caption embeddings of a manifest's clips, computed once.
 
-Written by ``python -m data.preprocess``; read by :class:`LatentCacheDataset` (the DataModule's
+Written by ``python -m vmoba.preprocess``; read by :class:`LatentCacheDataset` (the DataModule's
 ``--data.train_cache`` / ``--data.val_cache``). One folder per manifest::
 
     CACHE/shard_00000.safetensors   # the usable clips of manifest rows [0, shard_size)
@@ -105,7 +105,7 @@ def read_index(folder: str | Path) -> dict[str, Any]:
     path = Path(folder).expanduser() / INDEX
     if not path.is_file():
         raise FileNotFoundError(
-            f"no latent cache index {path}: run python -m data.preprocess --out {folder} "
+            f"no latent cache index {path}: run python -m vmoba.preprocess --out {folder} "
             "(an interrupted run resumes where it stopped)"
         )
     return json.loads(path.read_text())
@@ -116,7 +116,7 @@ class LatentCacheDataset(Dataset[CachedSample]):
     row). Shards are opened per item (memory-mapped), so workers share nothing but file names.
 
     Args:
-        folder: a cache written by ``python -m data.preprocess``.
+        folder: a cache written by ``python -m vmoba.preprocess``.
     """
 
     def __init__(self, folder: str | Path) -> None:

@@ -1,28 +1,23 @@
-"""Encode a manifest's clips once into a latent cache: Wan VAE posteriors + caption embeddings.
+"""Encode a manifest's clips once into a latent cache: video posteriors + caption embeddings.
 
-    python -m data.preprocess --manifest train.csv --out cache/train \\
-        --vae_path WAN_DIR --text_encoder_path WAN_DIR --text_max_length 512 \\
-        --num_frames 93 --resolution 576 1024 [--frame_stride 1 | --target_fps 16] [--seed 0] \\
-        [--shard_size 32 --device cuda --dtype bfloat16 --num_workers 4]
-
-The clip flags mean what ``--data.*`` of ``python main.py fit`` mean, and must match them when
-training from the cache (``--data.train_cache cache/train``); ``--text_max_length`` must match
-``--model.text_max_length``. Clips are decoded by ``VideoClipDataset``, so the start frame of each
-clip is the one raw training would take with the same seed, and missing, corrupt or too-short files
-are skipped (one warning each) and listed in the index. Shards cover ``shard_size`` manifest rows
-each and are written atomically; a rerun skips the finished ones (a changed setting or manifest is
-refused: use a new ``--out``), then writes ``index.json``. See ``data.latent_cache`` for the format.
+The encoders are handed in (``python -m vmoba.preprocess`` hands in Wan's VAE and UMT5), so the
+data layer knows only what it calls: :class:`VideoEncoder` and :class:`CaptionEncoder`. Clips are
+decoded by ``VideoClipDataset``, so the start frame of each clip is the one raw training would
+take with the same seed, and missing, corrupt or too-short files are skipped (one warning each)
+and listed in the index. Shards cover ``shard_size`` manifest rows each and are written
+atomically; a rerun skips the finished ones (a changed setting or manifest is refused: use a new
+``out``), then writes ``index.json``. See ``data.latent_cache`` for the format.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -38,10 +33,30 @@ from data.latent_cache import (
     write_shard,
 )
 from data.video_dataset import VideoClipDataset, VideoSample
-from vmoba.model.vae import LatentCodec
-from vmoba.text import TextEncoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class VideoEncoder(Protocol):
+    """Maps a video to the posterior of its latent (e.g. ``vmoba.model.vae.LatentCodec``)."""
+
+    def latent_shape(self, video_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(C, T', H', W')`` of the latent of a ``(3, T, H, W)`` video."""
+
+    def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std ``[1, C, T', H', W']`` of a video ``[1, 3, T, H, W]`` in [-1, 1]."""
+
+
+class CaptionEncoder(Protocol):
+    """Maps captions to padded embeddings ``[N, L, out_dim]`` (e.g. ``vmoba.text.TextEncoder``)."""
+
+    out_dim: int
+
+    def __call__(self, captions: list[str]) -> torch.Tensor: ...
+
+
+# Builds the encoders, in a dtype, on the device they run on; called only when a shard is due.
+LoadEncoders = Callable[[torch.dtype], tuple[VideoEncoder, CaptionEncoder]]
 
 
 class _Rows(Dataset[tuple[int, "VideoSample | None"]]):
@@ -72,9 +87,9 @@ def file_sha256(path: Path) -> str:
 def preprocess(
     manifest: str | Path,
     out: str | Path,
-    vae_path: str | Path,
-    text_encoder_path: str | Path,
+    load_encoders: LoadEncoders,
     *,
+    sources: dict[str, str],
     num_frames: int,
     resolution: tuple[int, int],
     frame_stride: int = 1,
@@ -91,13 +106,14 @@ def preprocess(
     Args:
         manifest: CSV or JSONL manifest (as ``--data.train_manifest``).
         out: cache folder, created if needed.
-        vae_path: local Wan VAE (``AutoencoderKLWan`` folder or Wan pipeline root).
-        text_encoder_path: local UMT5 encoder + tokenizer (Wan pipeline root or one folder).
+        load_encoders: builds the video and caption encoders in a dtype, on ``device``; not
+            called when every shard is already written.
+        sources: where the encoders came from, recorded in ``index.json`` (e.g. ``vae_path``).
         num_frames, resolution, frame_stride, target_fps, seed: the clips, as in
             ``VideoClipDataset``.
         text_max_length: tokens per caption (as ``--model.text_max_length``).
         shard_size: manifest rows per shard, >= 1.
-        device: where the VAE and the text encoder run.
+        device: where the encoders run (videos are moved there).
         dtype: their dtype, a key of ``DTYPES``; the cache stores tensors in it.
         num_workers: DataLoader processes decoding clips, >= 0.
 
@@ -146,11 +162,11 @@ def preprocess(
     encoded, seconds = 0, 0.0
     if pending:
         encoded, seconds = _encode_shards(
-            dataset, out, pending, settings, vae_path, text_encoder_path, device, num_workers
+            dataset, out, pending, settings, load_encoders, device, num_workers
         )
         for shard in pending:
             headers[shard] = read_shard_header(out / shard_name(shard))
-    index = _index(dataset, headers, settings, vae_path, text_encoder_path)
+    index = _index(dataset, headers, settings, sources)
     with atomic_output(out / INDEX) as tmp:
         tmp.write_text(json.dumps(index, indent=1) + "\n")
     return dict(
@@ -168,18 +184,14 @@ def _encode_shards(
     out: Path,
     shards: list[int],
     settings: dict[str, Any],
-    vae_path: str | Path,
-    text_encoder_path: str | Path,
+    load_encoders: LoadEncoders,
     device: str,
     num_workers: int,
 ) -> tuple[int, float]:
     """Decode and encode the rows of ``shards``, writing each shard once complete; return the
     number of clips encoded and the seconds it took (after loading the models)."""
     dtype = DTYPES[settings["dtype"]]
-    codec = LatentCodec.from_pretrained(vae_path, dtype=dtype).to(device)
-    text_encoder = TextEncoder.from_pretrained(
-        text_encoder_path, max_length=settings["text_max_length"], dtype=dtype
-    ).to(device)
+    codec, text_encoder = load_encoders(dtype)
     latent_shape = codec.latent_shape((3, settings["num_frames"], *settings["resolution"]))
     size, total = settings["shard_size"], len(dataset)
     rows = [row for shard in shards for row in range(shard * size, min((shard + 1) * size, total))]
@@ -231,8 +243,7 @@ def _index(
     dataset: VideoClipDataset,
     headers: dict[int, dict[str, Any]],
     settings: dict[str, Any],
-    vae_path: str | Path,
-    text_encoder_path: str | Path,
+    sources: dict[str, str],
 ) -> dict[str, Any]:
     """The cache's ``index.json`` from the headers of all its shards."""
     ordered = [headers[shard] for shard in sorted(headers)]
@@ -243,8 +254,7 @@ def _index(
     return dict(
         format_version=FORMAT_VERSION,
         manifest=str(dataset.manifest.resolve()),
-        vae_path=str(vae_path),
-        text_encoder_path=str(text_encoder_path),
+        **sources,
         settings=settings,
         latent_shape=ordered[0]["latent_shape"],
         text_dim=ordered[0]["text_dim"],
@@ -253,36 +263,3 @@ def _index(
         skipped=[entry for header in ordered for entry in header["skipped"]],
         shards=shards,
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="cache folder")
-    parser.add_argument("--vae_path", required=True, help="local Wan VAE or pipeline root")
-    parser.add_argument("--text_encoder_path", required=True, help="local UMT5 or pipeline root")
-    parser.add_argument("--text_max_length", type=int, default=512)
-    parser.add_argument("--num_frames", type=int, required=True)
-    parser.add_argument("--resolution", type=int, nargs=2, required=True, metavar=("H", "W"))
-    parser.add_argument("--frame_stride", type=int, default=1)
-    parser.add_argument("--target_fps", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0, help="clip start frames (as --data.seed)")
-    parser.add_argument("--shard_size", type=int, default=32, help="manifest rows per shard")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--num_workers", type=int, default=0, help="decoding processes")
-    args = vars(parser.parse_args(argv))
-    summary = preprocess(
-        args.pop("manifest"), args.pop("out"), args.pop("vae_path"), args.pop("text_encoder_path"),
-        **args,
-    )
-    rate = summary["encoded"] / summary["seconds"] if summary["encoded"] else 0.0
-    print(
-        f"encoded {summary['encoded']} clips in {summary['seconds']:.1f} s ({rate:.2f} clips/s); "
-        f"the cache holds {summary['clips']} clips, {summary['skipped']} rows skipped (listed in "
-        f"{INDEX}); shards: {summary['shards_written']} written, {summary['shards_reused']} reused"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -117,7 +117,7 @@ class VideoClipDataset(Dataset[VideoSample]):
     def clip(self, row: int) -> VideoSample | None:
         """The clip of manifest ``row``, or None if the row is unusable (then remembered in
         :attr:`skipped`, with one :class:`BadVideoWarning`). ``__getitem__`` falls through to the
-        next usable row instead; ``python -m data.preprocess`` takes each row once."""
+        next usable row instead; ``python -m vmoba.preprocess`` takes each row once."""
         entry = self.entries[row]
         if row in self._bad:
             return None

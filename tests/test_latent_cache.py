@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 
 from data.datamodule import VideoDataModule
 from data.latent_cache import LatentCacheDataset, collate_cached, read_shard_header, shard_name
-from data.preprocess import main as preprocess_main
-from data.preprocess import preprocess
 from data.synthetic import ensure_synthetic_dataset
 from vmoba.cli import VMoBACLI
 from vmoba.flow_matching import VMoBAFlowMatching, step_generator
 from vmoba.model import VMoBASettings
+from vmoba.preprocess import main as preprocess_main
+from vmoba.preprocess import preprocess
 from vmoba.sample import main as sample_main
 
 FRAMES, SIZE, TEXT_LENGTH = 5, 32, 24  # latents 4 x 2 x 4 x 4 -> an 8-token grid
@@ -157,7 +157,7 @@ def test_cache_settings_are_checked(tmp_path, caches, wan_dir):
                         num_frames=9, resolution=(SIZE, SIZE)).setup("fit")
     with pytest.raises(ValueError, match="manifests or latent caches, not both"):
         VideoDataModule("a.csv", "b.csv", train_cache=str(caches["clean"]), val_cache="x")
-    with pytest.raises(FileNotFoundError, match="run python -m data.preprocess"):
+    with pytest.raises(FileNotFoundError, match="run python -m vmoba.preprocess"):
         LatentCacheDataset(tmp_path)
     model = VMoBAFlowMatching(pretrained_path=str(wan_dir), vae_path=str(wan_dir),
                               text_encoder_path=str(wan_dir), text_max_length=16)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed import ProcessGroup
 
-from vmoba.model.wan import VideoDiT
+
+@runtime_checkable
+class SequenceParallelModule(Protocol):
+    """A module that can hold ``S / N`` tokens of every video and attend across its group (such
+    as :class:`vmoba.model.wan.VideoDiT`)."""
+
+    def enable_sequence_parallel(self, group: ProcessGroup) -> None: ...
 
 
 class UlyssesStrategy(DDPStrategy):
@@ -22,8 +28,8 @@ class UlyssesStrategy(DDPStrategy):
     most the GPUs per node. Gradients are averaged over all ``W`` ranks by plain DDP, which is the
     mean over the ``D`` replicas because every collective's backward is its exact adjoint.
 
-    Every :class:`VideoDiT` in the LightningModule is switched to sequence parallelism before DDP
-    wraps it; ``N = 1`` is plain DDP.
+    Every :class:`SequenceParallelModule` in the LightningModule (each ``VideoDiT``) is switched to
+    sequence parallelism before DDP wraps it; ``N = 1`` is plain DDP.
 
     Args:
         sequence_parallel: ranks sharing each video, ``N >= 1``; it must divide the world size
@@ -65,9 +71,12 @@ class UlyssesStrategy(DDPStrategy):
         return {"num_replicas": self.data_parallel_size, "rank": self.data_parallel_rank}
 
     def setup(self, trainer: L.Trainer) -> None:
-        dits = [m for m in self.lightning_module.modules() if isinstance(m, VideoDiT)]
+        dits = [m for m in self.lightning_module.modules() if isinstance(m, SequenceParallelModule)]
         if not dits:
-            raise ValueError("UlyssesStrategy needs a LightningModule with a VideoDiT")
+            raise ValueError(
+                "UlyssesStrategy needs a LightningModule with a VideoDiT (a module with "
+                "enable_sequence_parallel)"
+            )
         if self.sequence_group is not None:
             for dit in dits:
                 dit.enable_sequence_parallel(self.sequence_group)
