@@ -492,28 +492,9 @@ FROM_OPTIONS = {
     "imaging_quality": (ImagingQuality, "musiq_weights", attrgetter("model")),
     "lpips": (LPIPS, "lpips_weights", attrgetter("net")),
 }
-LPIPS_OFF_DEVICE = (
-    "LPIPS.from_options does not move the net to options.device (nor LPIPS.__call__ the frames): "
-    "LPIPS runs on the CPU whatever --device says"
-)
-IMAGING_QUALITY_CPU_FRAMES = (
-    "ImagingQuality.__call__ passes CPU frames to a model on options.device: MUSIQ on CUDA fails "
-    "(VBench moves each frame to the device)"
-)
-
-
-def cases(table: dict, xfail: dict[str, str] | None = None) -> list:
-    """``table``'s entries as pytest params with their names as ids; those named in ``xfail``
-    are strict expected failures (a known bug, the value its reason)."""
-    xfail = xfail or {}
-    return [
-        pytest.param(
-            *entry,
-            id=name,
-            marks=[pytest.mark.xfail(strict=True, reason=xfail[name])] if name in xfail else [],
-        )
-        for name, entry in table.items()
-    ]
+def cases(table: dict) -> list:
+    """``table``'s entries as pytest params with their names as ids."""
+    return [pytest.param(*entry, id=name) for name, entry in table.items()]
 
 
 @pytest.mark.parametrize(("metric_cls", "weights_fixture", "model_of"), cases(FROM_OPTIONS))
@@ -532,7 +513,7 @@ def test_from_options_loads_the_given_file_in_eval_mode(
 
 @pytest.mark.parametrize(
     ("metric_cls", "weights_fixture", "model_of"),
-    cases(FROM_OPTIONS, xfail={"lpips": LPIPS_OFF_DEVICE}),
+    cases(FROM_OPTIONS),
 )
 def test_from_options_puts_the_model_on_options_device(
     metric_cls, weights_fixture, model_of, request, drop_loaded_models
@@ -555,7 +536,7 @@ SPIED = {  # name -> (metric around a spy, the spy)
 
 @pytest.mark.parametrize(
     ("build", "spy_factory"),
-    cases(SPIED, xfail={"lpips": LPIPS_OFF_DEVICE, "imaging_quality": IMAGING_QUALITY_CPU_FRAMES}),
+    cases(SPIED),
 )
 def test_inputs_reach_the_model_device(build, spy_factory):
     spy = spy_factory().to("meta")

@@ -73,6 +73,13 @@ class Metric(ABC):
         """Score one video."""
 
 
+def model_device(model: object) -> torch.device:
+    """Where a model's parameters live (the CPU for a plain function or a parameterless module):
+    the device its inputs must be moved to."""
+    parameters = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    return next(parameters, torch.empty(0)).device
+
+
 def to_float_frames(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, H, W]`` in [0, 1]."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:

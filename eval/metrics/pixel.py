@@ -9,7 +9,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from eval.metrics.base import Metric, Needs, Options, Sample, to_float_frames
+from eval.metrics.base import Metric, Needs, Options, Sample, model_device, to_float_frames
 from eval.metrics.weights import load_lpips, weight_path
 
 
@@ -84,9 +84,11 @@ class LPIPS(Metric):
 
     @classmethod
     def from_options(cls, options: Options) -> LPIPS:
-        return cls(load_lpips(weight_path(options, "lpips", options.lpips_net), options.lpips_net))
+        net = load_lpips(weight_path(options, "lpips", options.lpips_net), options.lpips_net)
+        return cls(net.to(options.device))
 
     @torch.no_grad()
     def __call__(self, sample: Sample) -> float:
-        video, reference = _pair(sample)
+        device = model_device(self.net)
+        video, reference = (x.to(device) for x in _pair(sample))
         return float(self.net(video * 2 - 1, reference * 2 - 1).mean())

@@ -7,7 +7,15 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
-from eval.metrics.base import Metric, MetricUnavailable, Needs, Options, Sample, to_float_frames
+from eval.metrics.base import (
+    Metric,
+    MetricUnavailable,
+    Needs,
+    Options,
+    Sample,
+    model_device,
+    to_float_frames,
+)
 from eval.metrics.weights import load_musiq, weight_path
 
 # A no-reference quality model: one frame ``[1, 3, H, W]`` in [0, 1] -> score in [0, 100].
@@ -45,6 +53,6 @@ class ImagingQuality(Metric):
 
     @torch.no_grad()
     def __call__(self, sample: Sample) -> float:
-        frames = limit_longer_side(to_float_frames(sample.frames))
+        frames = limit_longer_side(to_float_frames(sample.frames)).to(model_device(self.model))
         scores = [float(self.model(frame[None])) for frame in frames]
         return sum(scores) / len(scores) / 100.0
