@@ -22,6 +22,15 @@ def checkout_commit() -> str:
         return "unknown"
 
 
+def device_tag(gpus: int = 1) -> str:
+    """The result-file name of this machine: the CUDA device's model in lower case (``h200`` for
+    "NVIDIA H200", ``a100-sxm4-80gb``), with ``x2`` etc. for several GPUs; ``cpu`` without CUDA."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name().removeprefix("NVIDIA").strip().lower().replace(" ", "-")
+    return name + (f"x{gpus}" if gpus > 1 else "")
+
+
 def write_results(
     out_dir: Path, stem: str, records: list[dict], *, module: str, title: str, commit: str,
     table: str, note: str = "",
