@@ -24,6 +24,7 @@ from triton.testing import do_bench
 from eval.results_io import checkout_commit, write_results
 from vmoba.attention import (
     SelectionConfig,
+    VMoBAConfig,
     flex_tile_density,
     kept_density,
     vmoba_attention,
@@ -142,20 +143,13 @@ def run(
                 lambda: vmoba_selection(q, k, grid=setting.grid, block=block, config=config), []
             )
             for backend in backends:
+                layer = VMoBAConfig(
+                    setting.select, setting.scope, setting.threshold, topk, block=block,
+                    backend=backend,
+                )
 
                 def attend():
-                    return vmoba_attention(
-                        q,
-                        k,
-                        v,
-                        grid=setting.grid,
-                        block=block,
-                        select=setting.select,
-                        scope=setting.scope,
-                        threshold=setting.threshold,
-                        topk=topk,
-                        backend=backend,
-                    )
+                    return vmoba_attention(q, k, v, grid=setting.grid, config=layer)
 
                 fwd_ms = _time(attend, [q, k, v])
                 record = dict(

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from vmoba.attention import kept_density, vmoba_attention, vmoba_selection
-from vmoba.attention.selection import SelectionConfig
+from vmoba.attention import VMoBAConfig, kept_density, vmoba_attention, vmoba_selection
 
 GRID = (16, 32, 32)  # S = 16,384
 BLOCKS = {"1d": 2, "2d": (8, 8), "3d": (4, 16, 16)}
@@ -34,11 +33,12 @@ def _measure(backend: str, kind: str, heads: int, dim: int, queue: multiprocessi
     torch.manual_seed(0)
     tokens = GRID[0] * GRID[1] * GRID[2]
     q, k, v = (torch.randn(1, tokens, heads, dim, requires_grad=True) for _ in range(3))
-    config = SelectionConfig()  # the paper's trained setting: threshold + head_global, tau 0.25
-    part, keep = vmoba_selection(q, k, grid=GRID, block=BLOCKS[kind], config=config)
+    # the paper's trained setting: threshold + head_global, tau 0.25
+    config = VMoBAConfig(block=BLOCKS[kind], backend=backend)
+    part, keep = vmoba_selection(q, k, grid=GRID, block=config.block, config=config)
     rss_before = _peak_rss_gib()
     start = time.perf_counter()
-    out = vmoba_attention(q, k, v, grid=GRID, block=BLOCKS[kind], backend=backend)
+    out = vmoba_attention(q, k, v, grid=GRID, config=config)
     forward = time.perf_counter() - start
     out.backward(torch.randn_like(out))
     total = time.perf_counter() - start
@@ -64,7 +64,7 @@ def _measure(backend: str, kind: str, heads: int, dim: int, queue: multiprocessi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backends", nargs="+", default=["gathered", "chunked"])
+    parser.add_argument("--backends", nargs="+", default=["gathered"])
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("eval/results/attention_cpu.json"))

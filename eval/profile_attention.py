@@ -15,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from eval.bench_attention import add_layer_arguments, layer_topk, random_inputs, setting_of
-from vmoba.attention import vmoba_attention
+from vmoba.attention import VMoBAConfig, vmoba_attention
 
 
 def main() -> None:
@@ -30,11 +30,13 @@ def main() -> None:
     topk = layer_topk(setting, args.kind)
     q, k, v, grad = random_inputs(setting.tokens, 12, 128, seed=0)
 
+    config = VMoBAConfig(
+        setting.select, setting.scope, setting.threshold, topk, block=setting.blocks[args.kind],
+        backend=args.backend,
+    )
+
     def step():
-        vmoba_attention(
-            q, k, v, grid=setting.grid, block=setting.blocks[args.kind], select=setting.select,
-            scope=setting.scope, threshold=setting.threshold, topk=topk, backend=args.backend,
-        ).backward(grad)
+        vmoba_attention(q, k, v, grid=setting.grid, config=config).backward(grad)
 
     for _ in range(3):
         step()

@@ -17,11 +17,12 @@ from dataclasses import replace
 from triton.testing import do_bench
 
 from eval.bench_attention import add_layer_arguments, layer_topk, random_inputs, setting_of
-from vmoba.attention import SelectionConfig, indexed, vmoba_selection
-from vmoba.attention.indexed import Loop
+from vmoba.attention import SelectionConfig, Tuning, vmoba_selection
+from vmoba.attention.indexed import indexed_attention
+from vmoba.attention.tuning import Loop, Tiles
 from vmoba.attention.varlen import varlen_attention
 
-BASE = indexed.Tiles()
+BASE = Tiles()
 SHAPES = [  # Loop(tile, step, warps, stages): the forward's, then dq's, then dk/dv's
     BASE,
     replace(BASE, forward=Loop(64, 32, 4, 3)),
@@ -59,10 +60,10 @@ def main() -> None:
         lambda: varlen_attention(q, k, v, keep, partition))}), flush=True)
     results = []
     for tiles in SHAPES:
-        indexed.TILES = tiles
-        record = {**base, "backend": "indexed", **dataclasses.asdict(indexed.TILES)}
+        tuning = Tuning(tiles=tiles)
+        record = {**base, "backend": "indexed", **dataclasses.asdict(tiles)}
         try:
-            record.update(timed(lambda: indexed.indexed_attention(q, k, v, keep, partition)))
+            record.update(timed(lambda: indexed_attention(q, k, v, keep, partition, tuning)))
         except Exception as error:  # a shape that does not compile (shared memory, registers)
             record["error"] = f"{type(error).__name__}: {str(error)[:200]}"
         results.append(record)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vmoba.attention import vmoba_attention
+from vmoba.attention import VMoBAConfig, vmoba_attention
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -86,14 +86,14 @@ def save_tiny_wan(root: Path) -> Path:
 
 
 class AttentionLayer(torch.nn.Module):
-    """A module whose forward is one ``vmoba_attention`` call with fixed keyword arguments."""
+    """A module whose forward is one ``vmoba_attention`` call on a fixed grid and config."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, grid, config: VMoBAConfig):
         super().__init__()
-        self.kwargs = kwargs
+        self.grid, self.config = grid, config
 
     def forward(self, q, k, v):
-        return vmoba_attention(q, k, v, **self.kwargs)
+        return vmoba_attention(q, k, v, grid=self.grid, config=self.config)
 
 
 def free_port() -> int:

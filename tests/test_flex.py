@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_leaves
 
 from vmoba.attention import (
     SelectionConfig,
+    VMoBAConfig,
     block_partition,
     indexed,
     kept_density,
@@ -46,11 +47,9 @@ def _selection(mode, grid, block, batch=2, heads=3, dim=16, dtype=torch.float64,
     return (q, k, v), partition, keep
 
 
-def _kwargs(mode, grid, block):
+def _config(mode, block, backend):
     select, scope, threshold, topk = mode
-    return dict(
-        grid=grid, block=block, select=select, scope=scope, threshold=threshold or 0.25, topk=topk
-    )
+    return VMoBAConfig(select, scope, threshold or 0.25, topk, block=block, backend=backend)
 
 
 def _dense_tiles(num_blocks, indices):
@@ -172,9 +171,8 @@ def test_block_mask_builds_no_token_by_token_tensor():
 def test_flex_equals_the_reference(mode, kind, dtype):
     grid, block = GRIDS["ragged"], BLOCKS[kind]
     (q, k, v), _, _ = _selection(mode, grid, block, heads=2, dtype=dtype, grad=True)
-    kwargs = _kwargs(mode, grid, block)
-    expected = vmoba_attention(q, k, v, backend="reference", **kwargs)
-    out = vmoba_attention(q, k, v, backend="flex", **kwargs)
+    expected = vmoba_attention(q, k, v, grid=grid, config=_config(mode, block, "reference"))
+    out = vmoba_attention(q, k, v, grid=grid, config=_config(mode, block, "flex"))
     assert out.dtype == dtype and out.shape == q.shape
     assert rel_error(out, expected) < TOLERANCE[dtype]
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
@@ -196,7 +194,7 @@ def test_compiled_cpu_kernel_skips_exactly_the_unselected_tiles():
     (16, 16) this case has both partial and full tiles."""
     grid, block, tile = GRIDS["ragged"], BLOCKS["3d"], (16, 16)
     (q, k, v), partition, keep = _selection(MODES[1], grid, block, dtype=torch.float32)
-    expected = vmoba_attention(q, k, v, backend="reference", **_kwargs(MODES[1], grid, block))
+    expected = vmoba_attention(q, k, v, grid=grid, config=_config(MODES[1], block, "reference"))
     perm = partition.perm
     blocked = [x[:, perm].transpose(1, 2) for x in (q, k, v)]  # [B, H, S, D], block order
     out = torch.compile(torch_flex.flex_attention, dynamic=False)(
@@ -219,7 +217,7 @@ def test_fullgraph_compile_traces_selection_mask_and_attention():
     torch._dynamo.reset()
     grid, block = GRIDS["ragged"], BLOCKS["3d"]
     (q, k, v), _, _ = _selection(MODES[4], grid, block, dtype=torch.float32)
-    layer = AttentionLayer(backend="flex", **_kwargs(MODES[4], grid, block))
+    layer = AttentionLayer(grid, _config(MODES[4], block, "flex"))
     compiled = torch.compile(layer, fullgraph=True, backend=_no_unbacked_shapes)
     assert rel_error(compiled(q, k, v), layer(q, k, v)) < 1e-6
 
@@ -230,7 +228,7 @@ def test_registry_entry(monkeypatch):
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         assert resolve_backend("flex", cuda, dtype, 128).name == "flex"
     assert resolve_backend("auto", cuda, torch.bfloat16, 128).name == "varlen"
-    assert resolve_backend("auto", cuda, torch.float32, 128).name == "chunked"  # flex: opt-in
+    assert resolve_backend("auto", cuda, torch.float32, 128).name == "gathered"  # flex: by name
     assert resolve_backend("auto", cpu, torch.float32, 64).name == "gathered"
     for device, dtype, dim in (
         (cuda, torch.float64, 64),

@@ -5,12 +5,16 @@ of plain PyTorch attention in the same dtype (against float64), plus a small flo
 """
 
 import zlib
+from dataclasses import replace
 
 import pytest
 import torch
 from helpers import AttentionLayer, rel_error, tensors_outside_saved
 
 from vmoba.attention import (
+    SelectionConfig,
+    Tuning,
+    VMoBAConfig,
     backend_names,
     resolve_backend,
     token_mask,
@@ -20,7 +24,6 @@ from vmoba.attention import (
 )
 from vmoba.attention.indexed import indexed_attention
 from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
-from vmoba.attention.selection import SelectionConfig
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,12 +40,8 @@ MODES = [
 ]
 BLOCKS = {"1d": 3, "2d": (5, 7), "3d": (4, 5, 7)}
 GRID = (9, 10, 14)  # ragged for every block kind; S = 1,260
-
-
-@pytest.fixture(autouse=True)
-def _small_varlen_chunks(monkeypatch):
-    """Split the varlen backend's segments into many chunks, some cutting through a head."""
-    monkeypatch.setattr(varlen, "ROW_BUDGET", 2000)
+SMALL_CHUNKS = Tuning(row_budget=2000)  # the packed backends' segments in many chunks, some
+# cutting through a head
 
 
 def _cuda_backends():
@@ -68,15 +67,13 @@ def _inputs(name, dtype):
     return q, k, v, torch.randn(q.shape, device="cuda", generator=gen, dtype=dtype)
 
 
-def _reference_and_budget(q, k, v, grad, kwargs):
+def _reference_and_budget(q, k, v, grad, config):
     """The float64 reference's output and q/k/v gradients, and the error each may carry: twice
     that of plain PyTorch attention in q's dtype under the same mask, plus a 1e-3 floor."""
-    exact = vmoba_attention(*(x.double() for x in (q, k, v)), backend="reference", **kwargs)
+    reference = replace(config, backend="reference")
+    exact = vmoba_attention(*(x.double() for x in (q, k, v)), grid=GRID, config=reference)
     exact = (exact, *torch.autograd.grad(exact, (q, k, v), grad.double()))
-    config = SelectionConfig(kwargs["select"], kwargs["scope"], 0.25, kwargs["topk"])
-    partition, keep = vmoba_selection(
-        q, k, grid=kwargs["grid"], block=kwargs["block"], config=config
-    )
+    partition, keep = vmoba_selection(q, k, grid=GRID, block=config.block, config=config)
     plain = torch.nn.functional.scaled_dot_product_attention(
         *(x.transpose(1, 2) for x in (q, k, v)), attn_mask=token_mask(keep, partition)
     ).transpose(1, 2)
@@ -96,7 +93,7 @@ def test_packed_backends_save_their_tensors_through_autograd(attend):
     context instead (plans, orders, tile lists) would stay alive for every layer."""
     q, k, v, _ = _inputs("saved", torch.bfloat16)
     partition, keep = vmoba_selection(q, k, grid=GRID, block=BLOCKS["3d"], config=SelectionConfig())
-    assert not tensors_outside_saved(attend(q, k, v, keep, partition).grad_fn)
+    assert not tensors_outside_saved(attend(q, k, v, keep, partition, SMALL_CHUNKS).grad_fn)
 
 
 @pytest.mark.parametrize("backend", _cuda_backends())
@@ -105,9 +102,9 @@ def test_packed_backends_save_their_tensors_through_autograd(attend):
 @pytest.mark.parametrize("select,scope,topk", MODES)
 def test_cuda_backends_match_reference(select, scope, topk, kind, dtype, backend):
     q, k, v, grad = _inputs(f"{select}{scope}{kind}", dtype)
-    kwargs = dict(grid=GRID, block=BLOCKS[kind], select=select, scope=scope, topk=topk)
-    exact, budget = _reference_and_budget(q, k, v, grad, kwargs)
-    out = vmoba_attention(q, k, v, backend=backend, **kwargs)
+    config = VMoBAConfig(select, scope, 0.25, topk, block=BLOCKS[kind], backend=backend)
+    exact, budget = _reference_and_budget(q, k, v, grad, config)
+    out = vmoba_attention(q, k, v, grid=GRID, config=config, tuning=SMALL_CHUNKS)
     assert out.dtype == dtype
     errors = _errors(out, q, k, v, grad, exact)
     assert all(e <= b for e, b in zip(errors, budget)), (errors, budget)
@@ -118,9 +115,9 @@ def test_flex_compiles_fullgraph_and_matches_eager(kind):
     """The issue's bar: torch.compile(fullgraph=True) with inductor of a module calling the flex
     backend (selection, BlockMask and kernel in one graph), forward and backward."""
     q, k, v, grad = _inputs(f"flex{kind}", torch.bfloat16)
-    kwargs = dict(grid=GRID, block=BLOCKS[kind], select="threshold", scope="head_global", topk=None)
-    layer = AttentionLayer(backend="flex", **kwargs)
-    exact, budget = _reference_and_budget(q, k, v, grad, kwargs)
+    config = VMoBAConfig("threshold", "head_global", block=BLOCKS[kind], backend="flex")
+    layer = AttentionLayer(GRID, config)
+    exact, budget = _reference_and_budget(q, k, v, grad, config)
     compiled = torch.compile(layer, fullgraph=True)(q, k, v)
     eager = layer(q, k, v)
     assert rel_error(compiled, eager) <= budget[0]
@@ -157,18 +154,18 @@ def test_compiled_selection_equals_eager(select, scope, topk):
     config = SelectionConfig(select, scope, 0.25, topk)
     for block in BLOCKS.values():
         partition, keep = vmoba_selection(q, k, grid=GRID, block=block, config=config)
-        eager = api._gates_and_selection(q, k, partition.on("cuda:0"), config)
+        eager = api._gates_and_selection(q, k, partition.on("cuda:0"), config, Tuning())
         assert torch.equal(keep, eager)
 
 
 @pytest.mark.parametrize("scope", ["head_global", "block", "overall"])
 @pytest.mark.parametrize("tau", [0.1, 0.25, 0.6])
-def test_threshold_search_on_gpu_equals_cpu_sort(scope, tau, monkeypatch):
+def test_threshold_search_on_gpu_equals_cpu_sort(scope, tau):
     """The CUDA threshold search (eager and compiled) keeps what the CPU sort keeps, given the
     same gates; gates rounded to a few values put the cut-off inside runs of ties."""
-    from vmoba.attention import block_gates, block_partition, select_blocks, selection
+    from vmoba.attention import block_gates, block_partition, select_blocks
 
-    monkeypatch.setattr(selection, "SEARCH_MIN_ENTRIES", 0)  # every pool, small ones too
+    search = Tuning(search_min_entries=0)  # every pool, small ones too
 
     gen = torch.Generator(device="cuda").manual_seed(8)
     q, k = (torch.randn(2, 1260, 4, 64, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
@@ -179,5 +176,6 @@ def test_threshold_search_on_gpu_equals_cpu_sort(scope, tau, monkeypatch):
         gates = block_gates(q, k, partition.on("cuda:0"))
         for g in (gates, (gates * 4).round() / 4):
             expected = select_blocks(g.cpu(), partition, config)
-            assert torch.equal(select_blocks(g, partition.on("cuda:0"), config).cpu(), expected)
-            assert torch.equal(compiled(g, partition.on("cuda:0"), config).cpu(), expected)
+            on_gpu = (g, partition.on("cuda:0"), config, search)
+            assert torch.equal(select_blocks(*on_gpu).cpu(), expected)
+            assert torch.equal(compiled(*on_gpu).cpu(), expected)

@@ -8,8 +8,9 @@ from helpers import INTERPRETED, random_qkv, rel_error, run_interpreted, tensors
 
 from vmoba.attention import (
     SelectionConfig,
+    Tuning,
+    VMoBAConfig,
     segment_merge,
-    varlen,
     vmoba_attention,
     vmoba_selection,
 )
@@ -28,19 +29,19 @@ LAYOUTS = {  # (grid, block): ragged for every kind; "long": blocks of 160 and 8
 @pytest.mark.parametrize("kind", LAYOUTS)
 @pytest.mark.parametrize("select,scope,topk", MODES)
 def test_indexed_matches_reference_interpreted(select, scope, topk, kind, monkeypatch):
-    monkeypatch.setattr(varlen, "ROW_BUDGET", 97)  # many chunks, some splitting a head
     monkeypatch.setattr(segment_merge, "kernel_runs", lambda x: True)  # its merge kernel too
     grid, block = LAYOUTS[kind]
     tokens = grid[0] * grid[1] * grid[2]
     q, k, v = random_qkv(2, tokens, 2, 32, seed=3)
     grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(4))
-    kwargs = dict(grid=grid, block=block, select=select, scope=scope, topk=topk)
-    exact = vmoba_attention(*(x.double() for x in (q, k, v)), backend="reference", **kwargs)
+    config = VMoBAConfig(select, scope, 0.25, topk, block=block, backend="reference")
+    exact = vmoba_attention(*(x.double() for x in (q, k, v)), grid=grid, config=config)
     exact = (exact, *torch.autograd.grad(exact, (q, k, v), grad.double()))
     partition, keep = vmoba_selection(
         q, k, grid=grid, block=block, config=SelectionConfig(select, scope, 0.25, topk)
     )
-    out = indexed_attention(q, k, v, keep, partition)
+    tuning = Tuning(row_budget=97)  # many chunks, some splitting a head
+    out = indexed_attention(q, k, v, keep, partition, tuning)
     assert not tensors_outside_saved(out.grad_fn)
     got = (out, *torch.autograd.grad(out, (q, k, v), grad))
     for name, g, e in zip(("out", "dq", "dk", "dv"), got, exact):

@@ -13,6 +13,7 @@ nvidia = pytest.importorskip("triton.backends.nvidia")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from vmoba.attention import indexed, segment_merge, threshold_search  # noqa: E402
+from vmoba.attention.tuning import Tiles  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 DIM = 128
@@ -27,7 +28,7 @@ def _compile(kernel, types: dict[str, str], constants: dict[str, int], warps: in
 
 
 def _indexed_cases():
-    t = indexed.Tiles()
+    t = Tiles()
     ints = "*i32"
     for dtype in ("bf16", "fp16"):
         def desc(step):

@@ -53,8 +53,8 @@ def test_layers_cycle_1d_2d_3d_with_their_settings(wan):
     settings = VMoBASettings(select="topk", scope="query_head", topk=[2, 3, 4], block_2d=[4, 8])
     dit = VideoDiT(copy.deepcopy(wan), settings)
     assert [p.kind for p in dit.processors] == ["1d", "2d", "3d"]
-    assert [p.block for p in dit.processors] == [2, (4, 8), (2, 8, 8)]
-    assert [p.selection.topk for p in dit.processors] == [2, 3, 4]
+    assert [p.config.block for p in dit.processors] == [2, (4, 8), (2, 8, 8)]
+    assert [p.config.topk for p in dit.processors] == [2, 3, 4]
     dit(*_inputs())
     assert dit.processors[0].grid == (8, 16, 16)
     densities = dit.densities()

@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from helpers import random_qkv, rel_error, run_distributed
 from torch.nn.parallel import DistributedDataParallel
 
-from vmoba.attention import SelectionConfig, reference_attention, vmoba_attention, vmoba_selection
+from vmoba.attention import (
+    SelectionConfig,
+    VMoBAConfig,
+    reference_attention,
+    vmoba_attention,
+    vmoba_selection,
+)
 from vmoba.model import TINY_WAN, VideoDiT, VMoBASettings, load_transformer
 from vmoba.parallel.ulysses import (
     gather_sequence,
@@ -38,7 +44,8 @@ def _attention_worker(rank, world_size):
         for kind, block in BLOCKS.items():
             for mode in MODES:
                 case = f"grid {grid}, {kind}, {mode}"
-                attend = functools.partial(vmoba_attention, grid=grid, block=block, **mode)
+                config = VMoBAConfig(block=block, **mode)
+                attend = functools.partial(vmoba_attention, grid=grid, config=config)
                 q, k, v = random_qkv(2, tokens, 4, 8, seed=tokens)
                 expected = attend(q, k, v)
                 grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
@@ -171,7 +178,7 @@ def _gpu_attention_worker(rank, world_size):
     group, device = dist.group.WORLD, torch.device("cuda", rank)
     grid, block = (4, 24, 32), (6, 8)  # 3,072 tokens, 16 blocks
     mode = dict(select="threshold", scope="head_global", threshold=0.25)
-    attend = functools.partial(vmoba_attention, grid=grid, block=block, **mode)
+    attend = functools.partial(vmoba_attention, grid=grid, config=VMoBAConfig(block=block, **mode))
     qkv = [x.detach().to(device, torch.bfloat16) for x in random_qkv(1, 3072, 12, 128)]
     grad_out = torch.randn(qkv[0].shape, generator=torch.Generator().manual_seed(1)).to(device)
     partition, keep = vmoba_selection(

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from vmoba.attention import backend_names, indexed, resolve_backend, vmoba_attention
+from vmoba.attention import VMoBAConfig, backend_names, indexed, resolve_backend, vmoba_attention
 
 GRID = (2, 3, 4)
+CONFIG = VMoBAConfig(block=1)
 
 
 def _qkv(shape=(1, 24, 2, 8), dtype=torch.float32):
@@ -41,14 +42,20 @@ def _qkv(shape=(1, 24, 2, 8), dtype=torch.float32):
         (
             dict(backend="triton"),
             r"backend must be one of "
-            r"\('auto', 'chunked', 'flex', 'gathered', 'indexed', 'reference', 'varlen'\)",
+            r"\('auto', 'flex', 'gathered', 'indexed', 'reference', 'varlen'\), got 'triton'",
+        ),
+        (
+            dict(backend="chunked"),
+            r"backend must be one of \('auto', 'flex', 'gathered', 'indexed', 'reference', "
+            r"'varlen'\), got 'chunked'",
         ),
     ],
 )
 def test_bad_arguments(change, match):
-    kwargs = dict(grid=GRID, block=1) | change
+    options = dict(block=1) | change
+    grid = options.pop("grid", GRID)
     with pytest.raises(ValueError, match=match):
-        vmoba_attention(*_qkv(), **kwargs)
+        vmoba_attention(*_qkv(), grid=grid, config=VMoBAConfig(**options))
 
 
 def test_bad_tensors():
@@ -56,25 +63,24 @@ def test_bad_tensors():
     with pytest.raises(
         ValueError, match=r"q must be a 4-D tensor \[B, S, H, D\], got \(24, 2, 8\)"
     ):
-        vmoba_attention(q[0], k, v, grid=GRID, block=1)
+        vmoba_attention(q[0], k, v, grid=GRID, config=CONFIG)
     with pytest.raises(ValueError, match=r"k must match q in shape"):
-        vmoba_attention(q, k[:, :12], v, grid=GRID, block=1)
+        vmoba_attention(q, k[:, :12], v, grid=GRID, config=CONFIG)
     with pytest.raises(ValueError, match=r"v must match q in shape, dtype and device"):
-        vmoba_attention(q, k, v.double(), grid=GRID, block=1)
+        vmoba_attention(q, k, v.double(), grid=GRID, config=CONFIG)
     with pytest.raises(ValueError, match=r"q.dtype must be one of \(torch.float16, torch.bfloat16"):
-        vmoba_attention(*_qkv(dtype=torch.int64), grid=GRID, block=1)
+        vmoba_attention(*_qkv(dtype=torch.int64), grid=GRID, config=CONFIG)
 
 
 def test_registry_names_and_auto_choice(monkeypatch):
     monkeypatch.setattr(indexed, "available_on", lambda device: False)  # a GPU before Hopper
-    assert backend_names() == (
-        "auto", "chunked", "flex", "gathered", "indexed", "reference", "varlen"
-    )
+    assert backend_names() == ("auto", "flex", "gathered", "indexed", "reference", "varlen")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_backend("auto", cpu, torch.float32, 64).name == "gathered"
     assert resolve_backend("auto", cuda, torch.bfloat16, 128).name == "varlen"
-    assert resolve_backend("auto", cuda, torch.bfloat16, 36).name == "chunked"  # varlen: D % 8
-    assert resolve_backend("auto", cuda, torch.float32, 128).name == "chunked"
+    assert resolve_backend("auto", cuda, torch.bfloat16, 36).name == "gathered"  # varlen: D % 8
+    assert resolve_backend("auto", cuda, torch.float32, 128).name == "gathered"
+    assert resolve_backend("auto", torch.device("mps"), torch.float32, 64).name == "gathered"
     assert resolve_backend("reference", cpu, torch.bfloat16, 64).name == "reference"
     with pytest.raises(ValueError, match="backend 'indexed' does not support"):
         resolve_backend("indexed", cuda, torch.bfloat16, 128)

@@ -3,27 +3,34 @@ stand-ins for flash-attn's 2.6 and >= 2.7 varlen functions (the real kernels nee
 
 import types
 import zlib
+from dataclasses import replace
 
 import pytest
 import torch
 from helpers import random_qkv, rel_error
 
-from vmoba.attention import SelectionConfig, block_partition, vmoba_attention, vmoba_selection
+from vmoba.attention import (
+    Tuning,
+    VMoBAConfig,
+    block_partition,
+    vmoba_attention,
+    vmoba_selection,
+)
 from vmoba.attention import varlen as varlen_module
 from vmoba.attention.fa2_varlen import flash_attn_kernels
 from vmoba.attention.segment_merge import merge_by_lse_into, rows_by_destination, sum_into
+from vmoba.attention.segments import plan_segments
 
 
 @pytest.mark.parametrize("pairs_at_once", [6, 4, 1], ids=["all", "ragged_groups", "one"])
-def test_plan_packs_each_sample_head_block_with_its_queries_in_bounded_chunks(
-    pairs_at_once, monkeypatch
-):
+def test_plan_packs_each_sample_head_block_with_its_queries_in_bounded_chunks(pairs_at_once):
     part = block_partition((5, 7, 6), (2, 3, 4))  # ragged, 18 blocks
     batch, heads, tokens, blocks = 2, 3, 210, part.num_blocks
-    # long videos find the packed rows a few (sample, head) pairs at a time
-    monkeypatch.setattr(varlen_module, "PLAN_ENTRIES", pairs_at_once * tokens * blocks)
     keep = torch.rand(batch, heads, tokens, blocks, generator=torch.Generator().manual_seed(0)) < 0.3
-    plan = varlen_module.plan_segments(keep, part, budget=150)
+    # long videos find the packed rows a few (sample, head) pairs at a time
+    plan = plan_segments(
+        keep, part, row_budget=150, plan_entries=pairs_at_once * tokens * blocks
+    )
     seg = 0
     for b in range(batch):
         for h in range(heads):
@@ -152,15 +159,14 @@ class _CustomOp:
 def test_varlen_backend_on_flash_attn_apis_matches_reference(api, kind, block, monkeypatch):
     interface = {"2.6": _flash_attn_2_6, "2.7": _flash_attn_2_7}[api]()
     monkeypatch.setattr(varlen_module, "varlen_kernels", lambda: flash_attn_kernels(interface))
-    monkeypatch.setattr(varlen_module, "ROW_BUDGET", 97)  # many chunks, some splitting a head
     q, k, v = random_qkv(2, 5 * 7 * 6, 3, 16, dtype=torch.float64, seed=zlib.crc32(kind.encode()))
     grad = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    kwargs = dict(grid=(5, 7, 6), block=block, select="threshold", scope="head_global")
-    want = vmoba_attention(q, k, v, backend="reference", **kwargs)
+    grid, config = (5, 7, 6), VMoBAConfig("threshold", "head_global", block=block)
+    want = vmoba_attention(q, k, v, grid=grid, config=replace(config, backend="reference"))
     want_grads = torch.autograd.grad(want, (q, k, v), grad)
-    config = SelectionConfig(kwargs["select"], kwargs["scope"])
-    partition, keep = vmoba_selection(q, k, grid=kwargs["grid"], block=block, config=config)
-    got = varlen_module.varlen_attention(q, k, v, keep, partition)
+    partition, keep = vmoba_selection(q, k, grid=grid, block=block, config=config)
+    tuning = Tuning(row_budget=97)  # many chunks, some splitting a head
+    got = varlen_module.varlen_attention(q, k, v, keep, partition, tuning)
     assert rel_error(got, want) < 1e-12
     for g, w in zip(torch.autograd.grad(got, (q, k, v), grad), want_grads):
         assert rel_error(g, w) < 1e-12

@@ -66,7 +66,7 @@ def attention_settings(model: Any) -> Optional[VMoBASettings]:
     try:
         settings = VMoBASettings(**_fields(attention))
         for kind in LAYER_KINDS:
-            settings.selection(kind)
+            settings.layer_config(kind)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"--model.attention: {error}") from None
     return settings

@@ -1,10 +1,12 @@
-"""Block-sparse attention by gathering, for the CPU: work and memory scale with the kept density.
+"""Block-sparse attention by gathering, in plain PyTorch: work and memory scale with the kept
+density, on any device and dtype.
 
 For every (sample, head, key block) the queries that kept that block are gathered and attend to
 the block's keys as one small dense matrix product. A first pass gives each query's log-sum-exp
 over all its kept blocks; a second pass accumulates the normalised output. The backward pass
 recomputes the same products (FlashAttention-style), so nothing of size ``S x S`` is ever held.
-The loops and ``nonzero`` calls are host-side work that suits the CPU; GPUs get fused kernels.
+The loops and ``nonzero`` calls are host-side work: it suits the CPU, while on a GPU each step
+waits for the host, so the kernel backends (``indexed``, ``varlen``) run there where they can.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """VMoBA on Triton kernels that read query, key and value rows by index (CUDA).
 
-The same segments as :mod:`vmoba.attention.varlen`: the queries of one (sample, head) that kept
-block ``j`` attend to block ``j``'s keys; segment outputs merge by their log-sum-exps. FA2's
-varlen kernels take packed rows, so that backend copies every query once per kept block (and,
-in the backward, its gradient and output too). These kernels load query rows (and their
-gradients) straight from ``[B, S, H, D]`` by index:
+The segments of :mod:`vmoba.attention.segments`, as in the ``varlen`` backend: the queries of
+one (sample, head) that kept block ``j`` attend to block ``j``'s keys; segment outputs merge by
+their log-sum-exps. FA2's varlen kernels take packed rows, so that backend copies every query
+once per kept block (and, in the backward, its gradient and output too). These kernels load
+query rows (and their gradients) straight from ``[B, S, H, D]`` by index:
 
 - forward: one program per query tile of a segment, online softmax over the block's keys;
   it writes the tile's partial output and log-sum-exp, merged per query as in ``varlen``
-  (in chunks of at most ``varlen.ROW_BUDGET`` packed rows, the partials' memory).
+  (in the plan's chunks of at most ``Tuning.row_budget`` packed rows, the partials' memory).
 - backward, dk/dv: one program per key tile of a segment, over all the segment's queries,
   with the merged log-sum-exp (exact, as FA2's varlen backward given the merged statistics).
   Keys are disjoint across segments, so all segments run in one launch, with no chunks.
@@ -18,9 +18,7 @@ Keys are read from one head-major, block-ordered copy of k and v per pass (``[B*
 0.34 GiB at 55K tokens, made again in the backward rather than kept), so each key step is one
 TMA tile load. Only a segment's last key step, where it ends inside the tile, is masked; the
 products accumulate in place and v is loaded after the softmax, as in FlexAttention's Triton
-template. Nothing packed is kept for the backward. Correct against the reference on the CPU
-(Triton's interpreter: ``tests/test_indexed.py``) and on the H200 (``tests/test_gpu.py``);
-timings in ``eval/results/attention_h200.md``.
+template. Nothing packed is kept for the backward. Launch shapes: ``Tuning.tiles``.
 """
 
 from __future__ import annotations
@@ -31,9 +29,19 @@ from typing import NamedTuple
 
 import torch
 
-from vmoba.attention import varlen
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.segment_merge import merge_by_lse_into, sum_into
+from vmoba.attention.segments import (
+    Chunk,
+    SegmentPlan,
+    chunk_orders,
+    destination_orders,
+    destinations,
+    plan_segments,
+    row_indices,
+    token_major,
+)
+from vmoba.attention.tuning import DEFAULT_TUNING, Tiles, Tuning
 
 try:
     import triton
@@ -41,31 +49,6 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # CPU-only installs, or Triton before 3.3: the backend is unavailable
     triton = None
-
-
-@dataclass(frozen=True)
-class Loop:
-    """One kernel's launch shape: ``tile`` rows per program (queries in the forward and dq, keys
-    in dk/dv), ``step`` rows per iteration of its inner loop (keys in the forward and dq,
-    queries in dk/dv), ``warps`` per program, ``stages`` of software pipelining of its loads."""
-
-    tile: int
-    step: int
-    warps: int
-    stages: int
-
-
-@dataclass(frozen=True)
-class Tiles:
-    """Launch shapes of the three kernels, tuned on the H200 by ``eval/tune_indexed.py``: the
-    forward runs fastest on one-warpgroup 64-query tiles, dq on two-warpgroup 128-query tiles."""
-
-    forward: Loop = Loop(64, 64, 4, 3)
-    dkdv: Loop = Loop(64, 64, 4, 3)
-    dq: Loop = Loop(128, 32, 8, 3)
-
-
-TILES = Tiles()
 
 
 def _tiles(
@@ -250,11 +233,11 @@ class _Launch:
     first query tile of the forward's and of dq's size."""
 
     tiles: Tiles
-    chunks: tuple[varlen.Chunk, ...]
+    chunks: tuple[Chunk, ...]
     first_forward_tile: list[int]
     first_dq_tile: list[int]
 
-    def chunk_tiles(self, chunk: varlen.Chunk, first_tile: list[int]) -> tuple[int, int]:
+    def chunk_tiles(self, chunk: Chunk, first_tile: list[int]) -> tuple[int, int]:
         """The chunk's first query tile (of ``first_tile``'s size) and its number of tiles."""
         first = first_tile[chunk.seg0]
         return first, first_tile[chunk.seg1] - first
@@ -287,7 +270,7 @@ def _first_tiles(counts: torch.Tensor, size: int) -> list[int]:
 
 
 def _launch(
-    plan: varlen.SegmentPlan, partition: BlockPartition, groups: int, tiles: Tiles
+    plan: SegmentPlan, partition: BlockPartition, groups: int, tiles: Tiles
 ) -> tuple[_Launch, _Work]:
     """Tile lists of ``plan`` for ``groups = B * H`` (sample, head) pairs. Tile counts come from
     the host copies (the plan's segment sizes, the CPU partition's block sizes)."""
@@ -330,14 +313,14 @@ class _IndexedVMoBA(torch.autograd.Function):
     def forward(ctx, q, k, v, launch: _Launch, work: _Work, perm: torch.Tensor):
         batch, _, heads, dim = q.shape
         t = launch.tiles
-        q_rows, k_rows = varlen.row_indices(batch, heads, perm)
+        q_rows, k_rows = row_indices(batch, heads, perm)
         token = q_rows[work.rows].int()  # [total] row of each packed query in [B*S*H, D]
         scale = 1.0 / math.sqrt(dim)
         _, _, k_desc, v_desc = _block_ordered(k, v, k_rows, t.forward.step)
         out = torch.zeros(q_rows.numel(), dim, dtype=torch.float32, device=q.device)
         lse = torch.full(q_rows.shape, float("-inf"), dtype=torch.float32, device=q.device)
-        orders = varlen.destination_orders(work.rows, launch.chunks)
-        for c, csr in varlen.chunk_orders(launch.chunks, *orders):
+        orders = destination_orders(work.rows, launch.chunks)
+        for c, csr in chunk_orders(launch.chunks, *orders):
             tile0, tiles = launch.chunk_tiles(c, launch.first_forward_tile)
             if tiles == 0:
                 continue
@@ -351,9 +334,9 @@ class _IndexedVMoBA(torch.autograd.Function):
             )
             merge_by_lse_into(
                 out[c.dst0 : c.dst1], lse[c.dst0 : c.dst1], part, part_lse,
-                varlen.destinations(work.rows, c), csr,
+                destinations(work.rows, c), csr,
             )
-        out = varlen.token_major(out, batch, heads, q.dtype)
+        out = token_major(out, batch, heads, q.dtype)
         ctx.save_for_backward(q, k, v, out, lse, q_rows, k_rows, *orders, *work)
         ctx.launch, ctx.scale = launch, scale
         return out
@@ -377,7 +360,7 @@ class _IndexedVMoBA(torch.autograd.Function):
             num_warps=t.dkdv.warps, num_stages=t.dkdv.stages,
         )
         grad_q = torch.zeros(lse.numel(), dim, dtype=torch.float32, device=q.device)
-        for c, csr in varlen.chunk_orders(launch.chunks, order, starts):
+        for c, csr in chunk_orders(launch.chunks, order, starts):
             tile0, tiles = launch.chunk_tiles(c, launch.first_dq_tile)
             if tiles == 0:
                 continue
@@ -388,8 +371,8 @@ class _IndexedVMoBA(torch.autograd.Function):
                 DIM=dim, BLOCK_Q=t.dq.tile, BLOCK_K=t.dq.step,
                 num_warps=t.dq.warps, num_stages=t.dq.stages,
             )
-            sum_into(grad_q[c.dst0 : c.dst1], dq, varlen.destinations(work.rows, c), csr)
-        grad_q = varlen.token_major(grad_q, batch, heads, q.dtype)
+            sum_into(grad_q[c.dst0 : c.dst1], dq, destinations(work.rows, c), csr)
+        grad_q = token_major(grad_q, batch, heads, q.dtype)
         return grad_q, grad_k, grad_v, None, None, None
 
 
@@ -407,14 +390,18 @@ def indexed_attention(
     v: torch.Tensor,
     keep: torch.Tensor,
     partition: BlockPartition,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> torch.Tensor:
     """VMoBA attention on the index-reading Triton kernels. Arguments, shapes and result as
     :func:`vmoba.attention.reference.reference_attention`; float16/bfloat16 CUDA tensors (float32
-    CPU tensors under Triton's interpreter, for tests), head dim a power of two from 16 to 128."""
+    CPU tensors under Triton's interpreter, for tests), head dim a power of two from 16 to 128;
+    ``tuning`` gives the plan's bounds and the kernels' launch shapes."""
     if triton is None:
         raise RuntimeError("the indexed backend needs Triton")
     batch, _, heads, _ = q.shape
     q, k, v = (x.contiguous() for x in (q, k, v))
-    plan = varlen.plan_segments(keep, partition, varlen.ROW_BUDGET)
-    launch, work = _launch(plan, partition, batch * heads, TILES)
+    plan = plan_segments(
+        keep, partition, row_budget=tuning.row_budget, plan_entries=tuning.plan_entries
+    )
+    launch, work = _launch(plan, partition, batch * heads, tuning.tiles)
     return _IndexedVMoBA.apply(q, k, v, launch, work, partition.on(q.device).perm)

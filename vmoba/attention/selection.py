@@ -23,18 +23,20 @@ import torch
 
 from vmoba.attention.partition import BlockPartition
 from vmoba.attention.threshold_search import row_cumsum, search_available, search_keep
+from vmoba.attention.tuning import DEFAULT_TUNING, Tuning
 
 Select = Literal["topk", "threshold"]
 Scope = Literal["query_head", "head_global", "block", "overall"]
 SELECTS: tuple[Select, ...] = ("topk", "threshold")
 SCOPES: tuple[Scope, ...] = ("query_head", "head_global", "block", "overall")
 TOPK_SCOPES: tuple[Scope, ...] = ("query_head", "head_global", "overall")
+HEAD_LOCAL_SCOPES: tuple[Scope, ...] = ("query_head", "head_global")
+"""Scopes whose pools stay inside one head: selecting heads apart (in groups, or on the ranks of
+a sequence-parallel group) gives the same mask. ``block`` pools span every head of a sample's
+block and ``overall`` pools every head of a sample."""
 
 _RANGE_EPS = 1e-6  # below this max - min, min-max normalisation divides by 1
 _TOTAL_EPS = 1e-6  # added to the pool's total mass, as in the released code
-POOL_ENTRIES = 1 << 23
-"""Pool entries ranked at once: whole pools are processed in groups of about this many entries,
-bounding selection's temporaries (~40 bytes an entry) to ~0.3 GiB unless one pool is larger."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def self_block_mask(partition: BlockPartition, device: torch.device | str = "cpu
     return index[:, None] == torch.arange(partition.num_blocks, device=device)
 
 
-def _to_pools(x: torch.Tensor, scope: Scope) -> torch.Tensor:
+def to_pools(x: torch.Tensor, scope: Scope) -> torch.Tensor:
     """``[B, H, S, N]`` -> ``[pools, entries]`` for the scope."""
     b, h, s, n = x.shape
     if scope == "query_head":
@@ -88,8 +90,8 @@ def _to_pools(x: torch.Tensor, scope: Scope) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).reshape(b * n, h * s)
 
 
-def _from_pools(x: torch.Tensor, scope: Scope, shape: torch.Size) -> torch.Tensor:
-    """Inverse of :func:`_to_pools`."""
+def from_pools(x: torch.Tensor, scope: Scope, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`to_pools`: ``[pools, entries]`` -> ``shape`` ``[B, H, S, N]``."""
     b, h, s, n = shape
     if scope == "block":
         return x.reshape(b, n, h, s).permute(0, 2, 3, 1)
@@ -133,47 +135,48 @@ def _threshold_counts(
     return short.sum(-1) + 1
 
 
-SEARCH_MIN_ENTRIES = 393_216
-"""Threshold pools at least this large are searched (:mod:`threshold_search`) on CUDA instead of
-sorted. On the H200 the search's 9 passes cost more than the sort up to ~320K entries a pool
-(13K tokens: 94K-323K) and less from ~440K (55K tokens: 0.44-4M)."""
-
-
-def _searches(pools: torch.Tensor, config: SelectionConfig) -> bool:
+def _searches(pools: torch.Tensor, config: SelectionConfig, tuning: Tuning) -> bool:
     return (
         config.select == "threshold"
         and search_available(pools)
         and pools.dtype == torch.float32
-        and pools.shape[-1] >= SEARCH_MIN_ENTRIES
+        and pools.shape[-1] >= tuning.search_min_entries
     )
 
 
 @torch.no_grad()
 def select_blocks(
-    gates: torch.Tensor, partition: BlockPartition, config: SelectionConfig
+    gates: torch.Tensor,
+    partition: BlockPartition,
+    config: SelectionConfig,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> torch.Tensor:
-    """The keep mask of ``config``'s rule.
+    """The keep mask of ``config``'s rule: pools ranked by a stable sort, in groups of
+    ``tuning.pool_entries`` entries, or (threshold pools of at least
+    ``tuning.search_min_entries`` on CUDA) by :func:`~vmoba.attention.threshold_search.search_keep`.
+    :func:`vmoba.attention.reference.reference_select_blocks` states the same rule plainly.
 
     Args:
         gates: ``[B, H, S, N]`` block gates (see :func:`vmoba.attention.gates.block_gates`).
         partition: the partition the gates were computed for.
         config: the selection rule.
+        tuning: the bounds above (none changes the mask).
 
     Returns:
         ``[B, H, S, N]`` bool: query ``s`` of head ``h`` in sample ``b`` attends block ``j``.
     """
     shape = gates.shape
-    is_self = _to_pools(self_block_mask(partition, gates.device).expand(shape), config.scope)
-    pools = _to_pools(gates, config.scope)
-    if _searches(pools, config):  # no sort: a few reads of the gates, bounded temporaries
+    is_self = to_pools(self_block_mask(partition, gates.device).expand(shape), config.scope)
+    pools = to_pools(gates, config.scope)
+    if _searches(pools, config, tuning):  # no sort: a few reads of the gates, bounded temporaries
         low, target = _threshold_target(pools, is_self, float(config.threshold))
-        return _from_pools(search_keep(pools, is_self, low, target), config.scope, shape)
+        return from_pools(search_keep(pools, is_self, low, target), config.scope, shape)
     chosen = torch.empty_like(is_self)
-    step = max(1, POOL_ENTRIES // pools.shape[1])  # static bounds: no host sync
+    step = max(1, tuning.pool_entries // pools.shape[1])  # static bounds: no host sync
     for start in range(0, pools.shape[0], step):
         rows = slice(start, start + step)
         chosen[rows] = _select_in_pools(pools[rows], is_self[rows], config)
-    return _from_pools(chosen, config.scope, shape)
+    return from_pools(chosen, config.scope, shape)
 
 
 def _select_in_pools(pools: torch.Tensor, is_self: torch.Tensor, config: SelectionConfig):

@@ -9,14 +9,9 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch.distributed import ProcessGroup
 
-from vmoba.attention import (
-    LAYER_KINDS,
-    SelectionConfig,
-    kept_density,
-    resolve_backend,
-    vmoba_selection,
-)
-from vmoba.attention.partition import BlockPartition, BlockSpec, Grid, LayerKind
+from vmoba.attention import LAYER_KINDS, Selection, VMoBAConfig, vmoba_attention
+from vmoba.attention.partition import BlockSpec, Grid, LayerKind
+from vmoba.attention.selection import Scope, Select
 from vmoba.parallel.ulysses import ulysses_attention
 
 
@@ -41,8 +36,8 @@ class VMoBASettings:
     block_1d: int = 2
     block_2d: list[int] = field(default_factory=lambda: [4, 4])
     block_3d: list[int] = field(default_factory=lambda: [2, 8, 8])
-    select: Literal["topk", "threshold"] = "threshold"
-    scope: Literal["query_head", "head_global", "block", "overall"] = "head_global"
+    select: Select = "threshold"
+    scope: Scope = "head_global"
     threshold: float = 0.25
     topk: Optional[list[int]] = None
     backend: str = "auto"
@@ -50,9 +45,13 @@ class VMoBASettings:
     def block(self, kind: LayerKind) -> BlockSpec:
         return {"1d": self.block_1d, "2d": tuple(self.block_2d), "3d": tuple(self.block_3d)}[kind]
 
-    def selection(self, kind: LayerKind) -> SelectionConfig:
+    def layer_config(self, kind: LayerKind) -> VMoBAConfig:
+        """The validated block, selection rule and backend of the layers of ``kind``."""
         topk = None if self.topk is None else self.topk[LAYER_KINDS.index(kind)]
-        return SelectionConfig(self.select, self.scope, self.threshold, topk)
+        return VMoBAConfig(
+            self.select, self.scope, self.threshold, topk, block=self.block(kind),
+            backend=self.backend,
+        )
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -79,14 +78,12 @@ class VMoBAAttnProcessor:
 
     def __init__(self, layer_index: int, settings: VMoBASettings) -> None:
         self.kind: LayerKind = LAYER_KINDS[layer_index % 3]
-        self.block = settings.block(self.kind)
-        self.selection = settings.selection(self.kind)
-        self.backend = settings.backend
+        self.config = settings.layer_config(self.kind)
         self.grid: Optional[Grid] = None
         self.dense = False
         self.density: Optional[torch.Tensor] = None
-        self.record_selection = False  # keep the last (partition, keep mask) for pictures
-        self.selection_record: Optional[tuple[BlockPartition, torch.Tensor]] = None
+        self.record_selection = False  # keep the last selection for pictures
+        self.selection_record: Optional[Selection] = None
         self.sequence_group: Optional[ProcessGroup] = None
 
     def __call__(
@@ -119,11 +116,10 @@ class VMoBAAttnProcessor:
     def _vmoba(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.grid is None:
             raise RuntimeError("VMoBAAttnProcessor.grid is unset: call it through VideoDiT")
-        backend = resolve_backend(self.backend, q.device, q.dtype, q.shape[-1])
-        partition, keep = vmoba_selection(
-            q, k, grid=self.grid, block=self.block, config=self.selection
+        out, selection = vmoba_attention(
+            q, k, v, grid=self.grid, config=self.config, return_selection=True
         )
-        self.density = kept_density(keep, partition)
+        self.density = selection.density
         if self.record_selection:
-            self.selection_record = (partition, keep)
-        return backend.attend(q, k, v, keep, partition)
+            self.selection_record = selection
+        return out

@@ -96,7 +96,7 @@ class VideoDiT(torch.nn.Module):
                 f"({dist.get_world_size(group)})"
             )
         for processor in self.processors:
-            check_exact_scope(processor.selection.scope)
+            check_exact_scope(processor.config.scope)
             processor.sequence_group = group
 
         def shard_rope(module, args, tables):  # (cos, sin), each [1, S, 1, D]

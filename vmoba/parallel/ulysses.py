@@ -6,7 +6,8 @@ except self-attention works per token (projections, norms, FFN, cross-attention 
 text), so it runs on the local tokens. Self-attention needs every token: an all-to-all trades the
 token split for a head split (``[B, S/N, H, D]`` -> ``[B, S, H/N, D]``), attention runs on full
 sequences for ``H/N`` heads, and the reverse all-to-all restores the token split. VMoBA stays exact
-when its selection pools stay inside one head (:data:`EXACT_SCOPES`).
+when its selection pools stay inside one head
+(:data:`vmoba.attention.selection.HEAD_LOCAL_SCOPES`).
 
 Gradients: the backward of every collective here is its exact adjoint (all-to-all -> the reverse
 all-to-all; all-gather -> reduce-scatter of the sum). So one rank's backward gives the gradient of
@@ -23,19 +24,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from vmoba.attention.selection import Scope
-
-# Scopes whose selection pools stay inside one head, so splitting heads over ranks is exact.
-# "overall" pools all heads of a sample and "block" all (head, query) pairs of a block.
-EXACT_SCOPES: tuple[Scope, ...] = ("query_head", "head_global")
+from vmoba.attention.selection import HEAD_LOCAL_SCOPES
 
 
 def check_exact_scope(scope: str) -> None:
     """Raise unless selection with ``scope`` is unchanged when heads are split over ranks."""
-    if scope not in EXACT_SCOPES:
+    if scope not in HEAD_LOCAL_SCOPES:
         raise ValueError(
-            f"scope must be one of {EXACT_SCOPES} under sequence parallelism (Ulysses splits "
-            f"heads over ranks and {scope!r} pools gates across heads), got {scope!r}"
+            f"scope must be one of {HEAD_LOCAL_SCOPES} under sequence parallelism (Ulysses "
+            f"splits heads over ranks and {scope!r} pools gates across heads), got {scope!r}"
         )
 
 
