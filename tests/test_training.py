@@ -16,6 +16,7 @@ import torch
 from helpers import free_port
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from main import CALLBACKS
 
 from data.synthetic import ensure_synthetic_dataset
 from eval import run as eval_run
@@ -109,7 +110,7 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
 
     ckpt = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
     validated = VMoBACLI(args=["validate", *_args(run_dir, synthetic_root), ckpt])
-    tested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt])
+    tested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt], callbacks=CALLBACKS)
     val_loss = validated.trainer.callback_metrics["val/loss"].item()
     test_metrics = tested.trainer.callback_metrics
     assert test_metrics["test/loss"].item() == pytest.approx(val_loss, rel=1e-6)
@@ -117,8 +118,8 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     assert "test/psnr" not in test_metrics  # no reference videos: skipped with a warning
     reference = shutil.copytree(run_dir / "test" / "test_samples", tmp_path / "reference")
     retested = VMoBACLI(args=["test", *_args(run_dir, synthetic_root), ckpt,
-                              f"--model.test_reference_dir={reference}",
-                              "--model.test_metrics=[psnr, ssim]"])
+                              f"--test_metrics.reference_dir={reference}",
+                              "--test_metrics.metrics=[psnr, ssim]"], callbacks=CALLBACKS)
     assert retested.trainer.callback_metrics["test/ssim"].item() == pytest.approx(1.0)  # same seed
     predicted = VMoBACLI(
         args=["predict", *_args(run_dir, synthetic_root), ckpt, "--trainer.limit_predict_batches=1"]
@@ -294,10 +295,30 @@ def test_bad_configuration_fails_in_one_line_before_any_work(tmp_path, capsys, o
     if "manifest" in option:
         args.append(f"--data.val_manifest={manifest}")
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["fit", *args])
+        cli_main(["fit", *args], callbacks=CALLBACKS)
     error = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(error) == 1 and error[0].startswith(f"error: {message}")
     assert not run.exists()
+
+
+@pytest.mark.parametrize("old,new", [
+    ("test_metrics: [psnr]", "--model.test_metrics is now --test_metrics.metrics"),
+    ("metric_weights: {clip: CLIP}", "--model.metric_weights is now --test_metrics.weights"),
+    ("test_reference_dir: DIR", "--model.test_reference_dir is now --test_metrics.reference_dir"),
+])
+def test_moved_test_metric_options_name_their_new_keys(tmp_path, capsys, old, new):
+    """The options of the test metrics left the model: given the old way, on the command line or
+    in a config file, each fails in one line naming its new key."""
+    key, _, value = old.partition(": ")
+    config = tmp_path / "old.yaml"
+    config.write_text(f"model:\n  {old}\n")
+    for option in (f"--model.{key}={value}", f"--config={config}"):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["test", f"--trainer.default_root_dir={tmp_path / 'run'}", option],
+                     callbacks=CALLBACKS)
+        error = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and error == [f"error: {new}"]
+    assert not (tmp_path / "run").exists()
 
 
 class SigtermAtStep(Callback):

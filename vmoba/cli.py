@@ -7,14 +7,16 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import torch
 from jsonargparse import Namespace, set_parsing_settings
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from data.datamodule import VideoDataModule
+from vmoba.callbacks import RunSummary, ValidationSamples
 from vmoba.config_check import ConfigError, check_run_config
 from vmoba.flow_matching import VMoBAFlowMatching
 
@@ -121,12 +123,59 @@ def progress_callbacks(callbacks: Optional[list], enabled: Optional[bool], termi
     return [c for c in callbacks if c not in bars] + [line]
 
 
+MOVED_OPTIONS = {
+    "model.test_metrics": "test_metrics.metrics",
+    "model.metric_weights": "test_metrics.weights",
+    "model.test_reference_dir": "test_metrics.reference_dir",
+}
+"""Options that left the model (old key -> new key): test-time scoring is a callback of eval's,
+which ``main.py`` adds under ``test_metrics``."""
+
+
+def moved_option(message: str) -> Optional[str]:
+    """For a parse error about an option of :data:`MOVED_OPTIONS`, given on the command line or in
+    a config file, a message naming its new key; else None."""
+    for old, new in MOVED_OPTIONS.items():
+        group, _, name = old.partition(".")
+        if old in message or f"Group '{group}' does not accept option '{name}'" in message:
+            return f"--{old} is now --{new}"
+    return None
+
+
+class VMoBAParser(LightningArgumentParser):
+    """Lightning's parser, raising a :class:`ConfigError` for an option that moved
+    (:func:`moved_option`) instead of printing the usage."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        moved = moved_option(message)
+        if moved is not None:
+            raise ConfigError(moved)
+        super().error(message, ex)
+
+
 class VMoBACLI(LightningCLI):
     """LightningCLI with the default config, omegaconf interpolation (resolved after command-line
     overrides), precision chosen by device when unset (bf16-mixed on GPU, fp32 on CPU), and one
-    folder per command (:func:`command_folder`): no command overwrites an earlier one's files."""
+    folder per command (:func:`command_folder`): no command overwrites an earlier one's files.
 
-    def __init__(self, args=None, run: bool = True) -> None:
+    Every trainer gets :class:`~vmoba.callbacks.RunSummary` and
+    :class:`~vmoba.callbacks.ValidationSamples`, whatever callbacks a config lists.
+
+    Args:
+        args: command-line arguments (None: ``sys.argv``).
+        run: run the subcommand (False: parse one config and build its objects, no subcommand).
+        callbacks: more callback classes by config key, each configured under its key
+            (``{"test_metrics": TestVideoMetrics}``: ``--test_metrics.metrics [psnr]``); how the
+            layers above vmoba (``main.py``) add theirs.
+    """
+
+    def __init__(
+        self,
+        args=None,
+        run: bool = True,
+        callbacks: Optional[dict[str, type[Callback]]] = None,
+    ) -> None:
+        self.extra_callbacks = dict(callbacks or {})
         defaults = {"default_config_files": [str(DEFAULT_CONFIG)], "parser_mode": "omegaconf+"}
         # With subcommands, each subcommand's parser reads the default config; without (run=False),
         # the main parser does.
@@ -135,7 +184,9 @@ class VMoBACLI(LightningCLI):
         super().__init__(
             VMoBAFlowMatching,
             VideoDataModule,
+            parser_class=VMoBAParser,
             parser_kwargs=parser_kwargs if run else defaults,
+            trainer_defaults={"callbacks": [RunSummary(), ValidationSamples()]},
             # commands never overwrite a config (see _choose_folder); without one (run=False,
             # scripts and tests) the caller picks the folders
             save_config_kwargs={"overwrite": not run},
@@ -147,6 +198,10 @@ class VMoBACLI(LightningCLI):
             # shutdown can abort the process ("terminate called without an active exception",
             # pytorch/pytorch#190489), so every rank tears its groups down after a clean run.
             torch.distributed.destroy_process_group()
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key, callback in self.extra_callbacks.items():
+            parser.add_lightning_class_args(callback, key)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -186,11 +241,13 @@ class VMoBACLI(LightningCLI):
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
 
 
-def main(args: Optional[list[str]] = None) -> None:
-    """``python main.py``: the CLI, with a configuration that cannot run reported in one line
-    (exit status 2) instead of a traceback."""
+def main(
+    args: Optional[list[str]] = None, callbacks: Optional[dict[str, type[Callback]]] = None
+) -> None:
+    """``python main.py``: the CLI (``callbacks``: see :class:`VMoBACLI`), with a configuration
+    that cannot run reported in one line (exit status 2) instead of a traceback."""
     try:
-        VMoBACLI(args=args)
+        VMoBACLI(args=args, callbacks=callbacks)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

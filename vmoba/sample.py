@@ -22,8 +22,15 @@ from pathlib import Path
 import torch
 
 from data.video_io import write_mp4
-from vmoba.flow_matching import VMoBAFlowMatching, caption_slug, step_generator, to_uint8_frames
-from vmoba.sampling import SCHEDULERS, make_scheduler, record_samples, sample_videos
+from vmoba.flow_matching import VMoBAFlowMatching, step_generator
+from vmoba.sampling import (
+    SCHEDULERS,
+    caption_slug,
+    make_scheduler,
+    record_samples,
+    sample_videos,
+    to_uint8_frames,
+)
 
 
 def load_for_sampling(

@@ -1,12 +1,15 @@
 """Text-to-video sampling with a flow-matching scheduler, classifier-free guidance, and dense
-attention for the first denoising steps (the paper's inference schedule)."""
+attention for the first denoising steps (the paper's inference schedule); and what a folder of
+sampled videos holds: mp4 names from captions, uint8 frames, ``settings.json``."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
@@ -33,6 +36,18 @@ def make_scheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
         )
     raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+
+
+def caption_slug(caption: str) -> str:
+    """File-name-safe form of a caption: runs of other characters become ``_``, at most 60."""
+    return re.sub(r"[^A-Za-z0-9-]+", "_", caption).strip("_")[:60]
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """``[C, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, C]``."""
+    return (
+        ((video.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).cpu().numpy()
+    )
 
 
 SETTINGS_FILE = "settings.json"  # beside sampled videos: how they were made (eval.run reads it)
