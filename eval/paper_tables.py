@@ -45,7 +45,7 @@ FULL_METHODS = ("FullAttn", "Pretrained Wan 2.1")
 
 # VMoBA block counts (1D, 2D, 3D) per video size: the paper's Table 4 (spec section 6; 12 temporal
 # blocks for 141 frames, where the paper prints 7). The paper gives no blocks for 81x320x512; these
-# are this repo's (3 / 5x8 / 7x5x8 on its 21x20x32 grid, as in eval/bench_attention.py).
+# are this repo's (3 / 5x8 / 7x5x8 on its 21x20x32 grid, as in eval/bench/attention.py).
 BLOCKS = {
     "81×480×832": (7, 24, 72),
     "81×720×1280": (7, 40, 36),

@@ -106,7 +106,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[list[dict]], str]]] = [
     (
         "Attention layer, one H200",
         "attention_h200.json",
-        "`python -m eval.bench_attention`: one VMoBA layer (B = 1, H = 12, D = 128, bf16) against "
+        "`python -m eval.bench.attention`: one VMoBA layer (B = 1, H = 12, D = 128, bf16) against "
         "dense cuDNN and FlashAttention-2 in the same run.",
         lambda records: "Per layer:\n\n" + table(records, ATTENTION_COLUMNS)
         + "\n\nPer 1D+2D+3D layer cycle (fastest backend per kind):\n\n"
@@ -122,14 +122,14 @@ SECTIONS: list[tuple[str, str, str, Callable[[list[dict]], str]]] = [
     (
         "FlexAttention backend, one H200",
         "attention_h200_flex.json",
-        "`python -m eval.bench_attention --backends flex`: the same layers through the `flex` "
+        "`python -m eval.bench.attention --backends flex`: the same layers through the `flex` "
         "backend.",
         lambda records: table(records, ATTENTION_COLUMNS),
     ),
     (
         "Training step of Wan 2.1 1.3B, one H200",
         "train_step_h200.json",
-        "`python -m eval.bench_train_step`: one optimizer step (bf16-mixed, AdamW), full "
+        "`python -m eval.bench.train_step`: one optimizer step (bf16-mixed, AdamW), full "
         "attention and VMoBA in the same run.",
         lambda records: table(train_step_rows(records), [
             ("tokens", lambda r: str(r["tokens"])),
@@ -146,7 +146,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[list[dict]], str]]] = [
         (
             title,
             name,
-            "`python -m eval.bench_multigpu`: Wan 2.1 1.3B training steps with VMoBA per "
+            "`python -m eval.bench.multigpu`: Wan 2.1 1.3B training steps with VMoBA per "
             "strategy.",
             lambda records: table(records, [
                 ("strategy", lambda r: r["strategy"]),
@@ -166,7 +166,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[list[dict]], str]]] = [
     (
         "Attention layer on the CPU",
         "attention_cpu.json",
-        "`python -m eval.bench_attention_cpu`: forward and forward+backward of one layer "
+        "`python -m eval.bench.attention_cpu`: forward and forward+backward of one layer "
         "(float32).",
         lambda records: table(records, [
             ("backend", lambda r: r["backend"]),
@@ -183,7 +183,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[list[dict]], str]]] = [
     (
         "Video decoding on the CPU",
         "decode_cpu.json",
-        "`python -m eval.bench_decode`: decoding one training clip with decord.",
+        "`python -m eval.bench.decode`: decoding one training clip with decord.",
         lambda records: table(records, [
             ("clip", lambda r: f"{r['frames']} x {r['height']} x {r['width']}"),
             ("codec", lambda r: r["codec"]),

@@ -17,7 +17,7 @@ only disagree when a prefix mass lands within rounding (~1e-16 relative) of ``T`
 ``candidate_masses`` and ``keep_flags`` are Triton kernels on CUDA (registered with
 ``torch.library.triton_op``, so the compiled selection traces them); their torch versions (any
 device) are what the kernels are tested against. A pass is bound by its ``[entries, 16]``
-float64 accumulation rather than by memory (``eval/bench_threshold_search.py`` times it).
+float64 accumulation rather than by memory (``eval/bench/threshold_search.py`` times it).
 """
 
 from __future__ import annotations

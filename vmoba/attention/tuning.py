@@ -2,7 +2,7 @@
 
 None of them changes a result: each trades memory, launches or host work for speed, and the
 tests run small values to exercise the paths that long videos take. A caller (a test, the
-tuner ``eval/tune_indexed.py``) passes its own :class:`Tuning`; everything else uses
+tuner ``eval/bench/tune_indexed.py``) passes its own :class:`Tuning`; everything else uses
 :data:`DEFAULT_TUNING`.
 """
 
@@ -25,7 +25,7 @@ class Loop:
 
 @dataclass(frozen=True)
 class Tiles:
-    """Launch shapes of the ``indexed`` backend's three kernels (``eval/tune_indexed.py`` times
+    """Launch shapes of the ``indexed`` backend's three kernels (``eval/bench/tune_indexed.py`` times
     alternatives). The forward runs fastest on one-warpgroup 64-query tiles, dq on
     two-warpgroup 128-query tiles; every tile and step is a power of two of at least 16."""
 
@@ -53,7 +53,7 @@ class Tuning:
         search_min_entries: threshold pools at least this large are searched
             (:mod:`vmoba.attention.threshold_search`) on CUDA instead of sorted. On an H200 the
             search's 9 passes cost more than the sort below ~320K entries a pool and less above
-            ~440K (``eval/bench_threshold_search.py`` measures both).
+            ~440K (``eval/bench/threshold_search.py`` measures both).
         row_budget: packed query rows plus key rows per chunk of the ``varlen`` and ``indexed``
             backends. The ``varlen`` backward of a chunk holds about ``12 * D`` bytes per query
             row and ``8 * D`` per key row: at most 0.75 GiB at D = 128. Keys count because 1D

@@ -1,10 +1,10 @@
 """Where one VMoBA layer's GPU time goes: a kernel table from ``torch.profiler``.
 
-    python -m eval.profile_attention --tokens 55296 --kind 2d
+    python -m eval.bench.profile_attention --tokens 55296 --kind 2d
 
-Runs a setting of :mod:`eval.bench_attention` (random bf16 q, k, v; B = 1, H = 12, D = 128),
+Runs a setting of :mod:`eval.bench.attention` (random bf16 q, k, v; B = 1, H = 12, D = 128),
 warms up, then profiles ``--iters`` forward+backward calls and prints the CUDA kernels by total
-time (per call), so the notes in ``eval/results/attention_h200_notes.md`` can name what is slow.
+time (per call): which kernels and which work around them take a layer's time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from eval.bench_attention import add_layer_arguments, layer_topk, random_inputs, setting_of
+from eval.bench.attention import add_layer_arguments, layer_topk, random_inputs, setting_of
 from vmoba.attention import VMoBAConfig, vmoba_attention
 
 

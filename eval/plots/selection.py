@@ -1,9 +1,9 @@
 """Heatmaps of the selected (query, block) pairs, one panel per layer kind: on a toy video grid,
 or in a trained model's layers.
 
-    python -m eval.plot_selection --out eval/results/selection_toy.png
-    python -m eval.plot_selection --select topk --scope query_head --topk 2 --out topk.png
-    python -m eval.plot_selection --checkpoint runs/default/checkpoints/last.ckpt --out trained.png
+    python -m eval.plots.selection --out eval/results/selection_toy.png
+    python -m eval.plots.selection --select topk --scope query_head --topk 2 --out topk.png
+    python -m eval.plots.selection --checkpoint runs/default/checkpoints/last.ckpt --out trained.png
 
 Toy queries and keys are smooth random fields over (t, h, w) plus noise, so nearby tokens look
 alike, as in a real video, and the gates prefer nearby blocks.

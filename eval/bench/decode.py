@@ -1,6 +1,6 @@
 """Decode throughput of the video DataModule's dataset, one process (= one DataLoader worker).
 
-    python -m eval.bench_decode --out eval/results/decode_cpu.json
+    python -m eval.bench.decode --out eval/results/decode_cpu.json
 
 Writes a synthetic source video (97 frames at 16 fps, moving gradient, 480x832 by default) and times
 ``VideoClipDataset`` decoding, resizing and cropping 81-frame clips from it.

@@ -1,6 +1,6 @@
 """Threshold selection on a GPU: the search's mass kernel by launch shape, and search vs sort.
 
-    python -m eval.bench_threshold_search
+    python -m eval.bench.threshold_search
 
 Pools of the 55K setting's head_global selection (12 heads x 55,296 queries x 48 / 72 blocks,
 random gates, one self block per query, tau 0.25); eager calls, median of ``do_bench``.

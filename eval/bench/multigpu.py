@@ -1,7 +1,7 @@
 """Training throughput of the Wan 2.1 1.3B transformer on one GPU and on two: DDP, FSDP, Ulysses.
 
-    python -m eval.bench_multigpu --out-dir eval/results                    # 2 GPUs, ~5-8 minutes
-    python -m eval.bench_multigpu --tiny --device cpu --out-dir /tmp/mgpu   # the same logic on CPU
+    python -m eval.bench.multigpu --out-dir eval/results                    # 2 GPUs, ~5-8 minutes
+    python -m eval.bench.multigpu --tiny --device cpu --out-dir /tmp/mgpu   # the same logic on CPU
 
 The step is bench_train_step's (random weights, bf16 autocast, gradient checkpointing, AdamW,
 batch 1 per data-parallel replica, VMoBA threshold + head_global, tau 0.25, the 93x576x1024
@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
-from eval.bench_train_step import (
+from eval.bench.train_step import (
     SETTINGS,
     WAN_1_3B,
     Setting,
@@ -52,6 +52,7 @@ from eval.bench_train_step import (
     step_seconds,
     train_step,
 )
+from eval.results_io import device_tag
 from vmoba.model import TINY_WAN, VMoBASettings
 
 NO_NVLINK_MULTICAST = {
@@ -250,7 +251,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("eval/results"))
     parser.add_argument(
         "--name",
-        help="output file stem (default multigpu_h200x2, or multigpu_tiny_<device> with --tiny)",
+        help="output file stem (default multigpu_<GPU model>x<GPUs>, e.g. multigpu_h200x2, or "
+        "multigpu_tiny_<device> with --tiny)",
     )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="the 3-layer test model, tiny videos")
@@ -297,7 +299,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         model, frames, long_frames = Model(WAN_1_3B, SETTINGS[0], text_tokens=512), 24, [96]
     frames = args.frames or frames
     long_frames = long_frames if args.long_frames is None else args.long_frames
-    name = args.name or (f"multigpu_tiny_{args.device}" if args.tiny else "multigpu_h200x2")
+    name = args.name or (
+        f"multigpu_tiny_{args.device}" if args.tiny else f"multigpu_{device_tag(args.gpus)}"
+    )
     runs = [Run(s, 1 if s == "single" else args.gpus, frames, args.steps) for s in args.strategies]
     runs += [
         Run(s, 1 if s == "single" else args.gpus, f, args.long_steps, args.long_warmup)
@@ -311,7 +315,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     title = (
         f"# Wan 2.1 {'tiny test model' if args.tiny else '1.3B'} training throughput: one GPU "
-        f"vs {args.gpus} (DDP, FSDP, Ulysses)\n\nCommand: `python -m eval.bench_multigpu "
+        f"vs {args.gpus} (DDP, FSDP, Ulysses)\n\nCommand: `python -m eval.bench.multigpu "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Sampling latency of Wan 2.1 1.3B, full attention vs VMoBA, at the paper's Table 1 sizes.
 
-    python -m eval.bench_sample --out-dir eval/results [--steps 50]
+    python -m eval.bench.sample --out-dir eval/results [--steps 50]
 
 Samples as a user does (:func:`vmoba.sampling.sample_videos`, the path of ``vmoba.sample`` and
 ``main.py predict``): UniPC, classifier-free guidance (both branches in one batched forward a
@@ -11,7 +11,7 @@ layer shapes, so a recompile limit would show).
 Times the denoising loop, each DiT forward synchronised: the VAE decode is the same on both
 sides and is left out. Per size: total seconds, median ms of a dense and of a sparse step, the
 ``--steps``-step total, the 50-step total those medians give, peak memory and kept density.
-Writes ``sample_h200.json`` and ``sample_h200.md``.
+Writes ``sample_<device>.json`` and ``.md`` (``sample_h200`` on an H200).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from eval.bench_train_step import WAN_1_3B, random_inputs
-from eval.results_io import checkout_commit, write_results
+from eval.bench.train_step import WAN_1_3B, random_inputs
+from eval.results_io import checkout_commit, device_tag, write_results
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 from vmoba.sampling import sample_videos
 
@@ -162,7 +162,7 @@ def main() -> None:
             print(json.dumps(records[-1]), flush=True)
     table = markdown(records)
     write_results(
-        args.out_dir, "sample_h200", records, module="eval.bench_sample", commit=commit,
+        args.out_dir, f"sample_{device_tag()}", records, module="eval.bench.sample", commit=commit,
         title="Sampling latency of Wan 2.1 1.3B (random weights), full attention vs VMoBA",
         table=table, note=f"UniPC, guidance 5, dense attention for the first {DENSE_FRACTION:.0%} "
         "of the steps, bf16 autocast; the denoising loop only (no VAE decode). The 50-step total "

@@ -1,11 +1,11 @@
 """One optimizer step of the Wan 2.1 1.3B transformer, full attention vs VMoBA, on one GPU.
 
-    python -m eval.bench_train_step --out-dir eval/results
+    python -m eval.bench.train_step --out-dir eval/results
 
 Random weights (the architecture is what costs), bf16 autocast over float32 weights (as Lightning's
 bf16-mixed), gradient checkpointing of every block, AdamW, batch 1, a random 512-token text
-embedding. Writes ``train_step_h200.json`` (records: tokens, attention, step_s, peak_mem_gib,
-density, date, device, commit) and ``train_step_h200.md``.
+embedding. Writes ``train_step_<device>.json`` (records: tokens, attention, step_s,
+peak_mem_gib, density, date, device, commit) and ``.md`` (``train_step_h200`` on an H200).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from eval.results_io import checkout_commit, write_results
+from eval.results_io import checkout_commit, device_tag, write_results
 from vmoba.attention import resolve_backend
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
 
@@ -178,7 +178,7 @@ def main() -> None:
             print(json.dumps(records[-1]), flush=True)
     table = markdown(records)
     write_results(
-        args.out_dir, "train_step_h200", records, module="eval.bench_train_step", commit=commit,
+        args.out_dir, f"train_step_{device_tag()}", records, module="eval.bench.train_step", commit=commit,
         title="One Wan 2.1 1.3B training step, full attention vs VMoBA (threshold + "
         "head_global, tau 0.25)", table=table,
     )

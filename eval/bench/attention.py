@@ -1,11 +1,12 @@
 """VMoBA attention speed on a GPU against dense cuDNN and FlashAttention-2 SDPA, one sweep.
 
-    python -m eval.bench_attention --out-dir eval/results
+    python -m eval.bench.attention --out-dir eval/results
 
 Per setting (tokens, layer kind) and backend: forward and forward+backward milliseconds of the
 whole ``vmoba_attention`` call (gates, selection and attention), the selection alone, dense SDPA
 times measured in the same run, kept density, and peak memory above dense cuDNN's. Writes
-``attention_h200.json`` and ``attention_h200.md``; prints the markdown table last.
+``attention_<device>.json`` and ``.md`` (``attention_h200`` on an H200); prints the markdown
+table last.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from eval.results_io import checkout_commit, write_results
+from eval.results_io import checkout_commit, device_tag, write_results
 from vmoba.attention import (
     SelectionConfig,
     VMoBAConfig,
@@ -249,7 +250,7 @@ def main() -> None:
     records = run(settings, args.backends, args.heads, args.dim, commit)
     table = markdown(records)
     write_results(
-        args.out_dir, "attention_h200", records, module="eval.bench_attention", commit=commit,
+        args.out_dir, f"attention_{device_tag()}", records, module="eval.bench.attention", commit=commit,
         title="VMoBA attention vs dense SDPA (B=1, H=12, D=128, bf16)", table=table,
     )
     print(table)

@@ -1,6 +1,6 @@
 """Speedup of VMoBA over dense cuDNN attention against sequence length, from a benchmark JSON.
 
-python -m eval.plot_speedup eval/results/attention_h200.json --out eval/results/attention_h200_speedup.png
+python -m eval.plots.speedup eval/results/attention_h200.json --out eval/results/attention_h200_speedup.png
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CPU speed and memory of the CPU backends, forward + backward, for each layer kind.
 
-    python -m eval.bench_attention_cpu --out eval/results/attention_cpu.json
+    python -m eval.bench.attention_cpu --out eval/results/attention_cpu.json
 
 Each (backend, layer kind) runs in a fresh process so that its peak resident memory is its own.
 """

@@ -1,6 +1,6 @@
 """Launch shapes of the ``indexed`` backend's kernels, timed on one setting of the sweep.
 
-    python -m eval.tune_indexed --tokens 55296 --kind 2d
+    python -m eval.bench.tune_indexed --tokens 55296 --kind 2d
 
 The selection is computed once; each shape then times the attention alone (no gates or
 selection), forward and forward+backward, beside FA2-varlen's ``varlen`` backend on the same
@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from triton.testing import do_bench
 
-from eval.bench_attention import add_layer_arguments, layer_topk, random_inputs, setting_of
+from eval.bench.attention import add_layer_arguments, layer_topk, random_inputs, setting_of
 from vmoba.attention import SelectionConfig, Tuning, vmoba_selection
 from vmoba.attention.indexed import indexed_attention
 from vmoba.attention.tuning import Loop, Tiles

@@ -1,6 +1,6 @@
 """Kept density per layer kind over training, from a run directory's ``metrics.csv``.
 
-    python -m eval.plot_density runs/default --out eval/results/density_default.png
+    python -m eval.plots.density runs/default --out eval/results/density_default.png
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Figures: kept density over training, which blocks queries select, speedup curves."""
