@@ -600,9 +600,9 @@ def test_fit_on_wan_vae_latents(tmp_path, synthetic_root):
 
 
 def test_plots_of_a_trained_run(tmp_path, synthetic_root):
-    from eval.plot_density import plot as plot_density
-    from eval.plot_density import read_densities
-    from eval.plot_selection import plot_checkpoint
+    from eval.plots.density import plot as plot_density
+    from eval.plots.density import read_densities
+    from eval.plots.selection import plot_checkpoint
 
     run_dir = tmp_path / "run"
     _fit(run_dir, synthetic_root, "--model.num_samples=0", "--trainer.max_steps=5")
