@@ -1,10 +1,13 @@
 """The import graph of the product: data -> vmoba -> eval, every arrow pointing down, no circle.
 
 Read from the source (every ``import``, at module level or inside a function), so an import that
-only runs on some path counts too.
+only runs on some path counts too; and checked at run time for the training entry points.
 """
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,20 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
         "from .latent_cache import INDEX\n"
     )
     assert _imports(source, "data.planted") == {"eval.run", "vmoba.model", "data.latent_cache"}
+
+
+def _eval_modules_after(statement: str) -> list[str]:
+    """The ``eval`` modules loaded by a fresh interpreter that ran ``statement``."""
+    code = (
+        f"import json, sys; {statement}; "
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'eval' or m.startswith('eval.'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_training_entry_points_load_no_eval_module():
+    assert _eval_modules_after("import vmoba, vmoba.cli, vmoba.flow_matching") == []
+    assert "eval.run" in _eval_modules_after("import vmoba.cli, eval.callbacks")  # the check sees it
