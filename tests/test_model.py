@@ -22,7 +22,7 @@ def _inputs(seed=1):
 
 
 def test_full_attention_keeps_diffusers_processor(wan):
-    dit = VideoDiT(copy.deepcopy(wan), VMoBASettings(attention="full"))
+    dit = VideoDiT(copy.deepcopy(wan), VMoBASettings(mode="full"))
     assert dit.processors == []
     assert all(
         type(b.attn1.processor).__name__ == "WanAttnProcessor" for b in dit.transformer.blocks

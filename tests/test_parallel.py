@@ -145,7 +145,7 @@ def _refusals_worker(rank, world_size):
         expected = re.escape(f"pools gates across heads), got '{scope}'")
         with pytest.raises(ValueError, match=expected):
             dit.enable_sequence_parallel(group)
-    full = VideoDiT(load_transformer(), VMoBASettings(attention="full"))
+    full = VideoDiT(load_transformer(), VMoBASettings(mode="full"))
     with pytest.raises(ValueError, match="needs attention='vmoba'"):
         full.enable_sequence_parallel(group)
     three_heads = load_transformer({**TINY_WAN, "num_attention_heads": 3})

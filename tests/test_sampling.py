@@ -49,7 +49,7 @@ def test_samplers_reach_the_exact_endpoint_of_a_gaussian_flow():
 
 def test_unipc_and_euler_sample_the_tiny_dit_differently():
     torch.manual_seed(0)
-    dit = VideoDiT(load_transformer(), VMoBASettings(attention="full"))
+    dit = VideoDiT(load_transformer(), VMoBASettings(mode="full"))
     text = torch.randn(1, 8, 64)
 
     def sample(scheduler: str, steps: int) -> torch.Tensor:

@@ -237,7 +237,7 @@ def test_follow_up_commands_leave_the_run_as_it_was(tmp_path, synthetic_root):
     before = _files(run)
     VMoBACLI(args=["validate", *common, "--ckpt_path=last"])
     VMoBACLI(args=["predict", *common, "--ckpt_path=last"])
-    VMoBACLI(args=["fit", *common, "--model.attention.attention=full"])
+    VMoBACLI(args=["fit", *common, "--model.attention.mode=full"])
     with pytest.raises(ValueError, match="no such checkpoint file"):
         VMoBACLI(args=["validate", *common, f"--ckpt_path={run / 'typo.ckpt'}"])
     after = _files(run)
@@ -305,13 +305,17 @@ def test_bad_configuration_fails_in_one_line_before_any_work(tmp_path, capsys, o
     ("test_metrics: [psnr]", "--model.test_metrics is now --test_metrics.metrics"),
     ("metric_weights: {clip: CLIP}", "--model.metric_weights is now --test_metrics.weights"),
     ("test_reference_dir: DIR", "--model.test_reference_dir is now --test_metrics.reference_dir"),
+    ("attention.attention: full", "--model.attention.attention is now --model.attention.mode"),
 ])
-def test_moved_test_metric_options_name_their_new_keys(tmp_path, capsys, old, new):
-    """The options of the test metrics left the model: given the old way, on the command line or
-    in a config file, each fails in one line naming its new key."""
+def test_moved_options_name_their_new_keys(tmp_path, capsys, old, new):
+    """Options that moved (the test metrics left the model, the attention's full/vmoba switch is
+    its mode): given the old way, on the command line or in a config file, each fails in one line
+    naming its new key."""
     key, _, value = old.partition(": ")
     config = tmp_path / "old.yaml"
-    config.write_text(f"model:\n  {old}\n")
+    *groups, name = key.split(".")
+    nested = "".join(f"{'  ' * (i + 1)}{g}:\n" for i, g in enumerate(groups))
+    config.write_text(f"model:\n{nested}{'  ' * (len(groups) + 1)}{name}: {value}\n")
     for option in (f"--model.{key}={value}", f"--config={config}"):
         with pytest.raises(SystemExit) as exit_:
             cli_main(["test", f"--trainer.default_root_dir={tmp_path / 'run'}", option],
@@ -387,7 +391,7 @@ def test_full_attention_baseline_from_the_same_config(tmp_path, synthetic_root):
     metrics = _fit(
         tmp_path / "full",
         synthetic_root,
-        "--model.attention.attention=full",
+        "--model.attention.mode=full",
         "--model.num_samples=0",
         "--trainer.max_steps=3",
     )
@@ -485,7 +489,7 @@ def test_every_config_parses(config):
         assert (attention.select, attention.scope, attention.topk) == ("topk", "query_head", k)
     else:  # the trained "Global + Threshold"; the baselines are full attention
         expected = "full" if config.stem.endswith("_full") else "vmoba"
-        assert (attention.attention, attention.select, attention.scope, attention.threshold) == (
+        assert (attention.mode, attention.select, attention.scope, attention.threshold) == (
             expected, "threshold", "head_global", 0.25)
 
 

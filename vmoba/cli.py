@@ -127,17 +127,20 @@ MOVED_OPTIONS = {
     "model.test_metrics": "test_metrics.metrics",
     "model.metric_weights": "test_metrics.weights",
     "model.test_reference_dir": "test_metrics.reference_dir",
+    "model.attention.attention": "model.attention.mode",
 }
-"""Options that left the model (old key -> new key): test-time scoring is a callback of eval's,
-which ``main.py`` adds under ``test_metrics``."""
+"""Options that moved (old key -> new key): test-time scoring is a callback of eval's, which
+``main.py`` adds under ``test_metrics``; full attention or VMoBA is the attention's ``mode``."""
 
 
 def moved_option(message: str) -> Optional[str]:
     """For a parse error about an option of :data:`MOVED_OPTIONS`, given on the command line or in
     a config file, a message naming its new key; else None."""
     for old, new in MOVED_OPTIONS.items():
-        group, _, name = old.partition(".")
-        if old in message or f"Group '{group}' does not accept option '{name}'" in message:
+        group, _, name = old.rpartition(".")
+        unknown = f"Group '{group}' does not accept option '{name}'" in message
+        nested = f'Parser key "{group}"' in message and f"Option '{name}' is not accepted" in message
+        if old in message or unknown or nested:
             return f"--{old} is now --{new}"
     return None
 

@@ -96,7 +96,7 @@ def check_blocks(model: Any, data: Any) -> None:
     """The selection rule, and every layer kind's block against the token grid."""
     settings = attention_settings(model)
     grid = token_grid(model, data)
-    if settings is None or settings.attention != "vmoba" or grid is None:
+    if settings is None or settings.mode != "vmoba" or grid is None:
         return
     for kind in LAYER_KINDS:
         try:

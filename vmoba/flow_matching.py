@@ -49,7 +49,7 @@ class VMoBAFlowMatching(L.LightningModule):
         pretrained_path: local diffusers directory of a Wan transformer (or its pipeline) to load.
         vae_path: local Wan VAE (``AutoencoderKLWan`` folder or a Wan pipeline root): the DiT then
             trains on its normalised latents and samples are decoded by it; None trains on pixels.
-        attention: VMoBA settings (``attention.attention: full`` trains the dense baseline).
+        attention: VMoBA settings (``attention.mode: full`` trains the dense baseline).
         text_encoder_path: local UMT5 encoder + tokenizer (a Wan pipeline folder); None uses a
             seeded random T5 encoder over ByT5 bytes, needing no downloads.
         text_max_length: tokens per caption.

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint=str(args.checkpoint), shape=list(video_shape), latent_shape=list(shape),
         steps=args.steps, scheduler=type(make_scheduler(scheduler, flow_shift)).__name__,
         guidance_scale=args.guidance, flow_shift=flow_shift, dense_fraction=args.dense_fraction,
-        seed=args.seed, precision=precision, attention=model.settings.attention,
+        seed=args.seed, precision=precision, attention=model.settings.mode,
         layer_kinds=[p.kind for p in model.dit.processors],
     )
     empty_text = model.text_encoder([""])  # the unconditional branch, shared by every prompt

@@ -88,7 +88,7 @@ def build_dit(size: Size, attention: str) -> VideoDiT:
     torch.manual_seed(0)
     with DEVICE:
         transformer = load_transformer(WAN_1_3B)
-    dit = VideoDiT(transformer, dataclasses.replace(size.settings, attention=attention))
+    dit = VideoDiT(transformer, dataclasses.replace(size.settings, mode=attention))
     return dit.eval().requires_grad_(False)
 
 

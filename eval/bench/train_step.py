@@ -113,7 +113,7 @@ def measure(setting: Setting, attention: str, steps: int, backend: str = "auto")
     """Median seconds of ``steps`` optimizer steps (after one warm-up step) and peak memory;
     ``backend`` is VMoBA's attention backend."""
     device = torch.device("cuda")
-    settings = dataclasses.replace(setting.settings, attention=attention, backend=backend)
+    settings = dataclasses.replace(setting.settings, mode=attention, backend=backend)
     dit = build_dit(WAN_1_3B, settings, device)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=1e-5)
     inputs = random_inputs(WAN_1_3B, setting.latent, device)

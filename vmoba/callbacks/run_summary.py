@@ -136,7 +136,7 @@ class RunSummary(Callback):
                 for k in ("1d", "2d", "3d")
                 if f"train/density_{k}" in metrics
             },
-            attention=pl_module.settings.attention,
+            attention=pl_module.settings.mode,
             median_step_s=float(np.median(steady)) if steady else None,
             tokens_per_s=totals["train_tokens"] / totals["train_seconds"] if run_steps else None,
             skipped_videos=skipped_videos(trainer.datamodule),

@@ -25,7 +25,7 @@ def sampling_settings(model: L.LightningModule) -> dict[str, Any]:
         steps=hp.sample_steps,
         scheduler=type(make_scheduler(hp.sample_scheduler, hp.flow_shift)).__name__,
         guidance_scale=hp.guidance_scale, flow_shift=hp.flow_shift,
-        dense_fraction=hp.dense_fraction, seed=hp.seed, attention=model.settings.attention,
+        dense_fraction=hp.dense_fraction, seed=hp.seed, attention=model.settings.mode,
     )
 
 

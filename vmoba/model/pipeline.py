@@ -35,7 +35,7 @@ def enable_vmoba(
     Args:
         pipeline: a diffusers ``WanPipeline`` (or any pipeline whose ``transformer`` is Wan's and
             that takes ``callback_on_step_end``).
-        settings: blocks and selection rule (``attention="vmoba"``).
+        settings: blocks and selection rule (``mode="vmoba"``).
         steps: the ``num_inference_steps`` the pipeline will be called with.
         dense_fraction: share of the first steps with dense attention (paper: 0.25).
 
@@ -43,8 +43,8 @@ def enable_vmoba(
         The ``callback_on_step_end`` to pass to the pipeline call: it switches the layers from
         dense to VMoBA after the dense steps (and back to dense for the next call's first step).
     """
-    if settings.attention != "vmoba":
-        raise ValueError(f"settings.attention must be 'vmoba', got {settings.attention!r}")
+    if settings.mode != "vmoba":
+        raise ValueError(f"settings.mode must be 'vmoba', got {settings.mode!r}")
     dit = VideoDiT(pipeline.transformer, settings)  # installs a processor in every attn1
     dense_steps = round(dense_fraction * steps)
 

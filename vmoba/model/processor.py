@@ -20,8 +20,8 @@ class VMoBASettings:
     """VMoBA settings of a whole DiT; layer ``l`` uses kind ``("1d", "2d", "3d")[l % 3]``.
 
     Args:
-        attention: ``"vmoba"`` puts VMoBA in every self-attention; ``"full"`` keeps diffusers'
-            dense processor (the full-attention baseline of the same config).
+        mode: ``"vmoba"`` puts VMoBA in every self-attention; ``"full"`` keeps diffusers' dense
+            processor (the full-attention baseline of the same config).
         block_1d: latent frames per 1D temporal block.
         block_2d: ``[ch, cw]`` latent rows x columns of a 2D spatial block.
         block_3d: ``[ct, ch, cw]`` of a 3D cuboid block.
@@ -32,7 +32,7 @@ class VMoBASettings:
         backend: attention backend name (``"auto"`` picks the best for the device).
     """
 
-    attention: Literal["full", "vmoba"] = "vmoba"
+    mode: Literal["full", "vmoba"] = "vmoba"
     block_1d: int = 2
     block_2d: list[int] = field(default_factory=lambda: [4, 4])
     block_3d: list[int] = field(default_factory=lambda: [2, 8, 8])

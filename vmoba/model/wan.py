@@ -54,7 +54,7 @@ def load_transformer(
 
 
 class VideoDiT(torch.nn.Module):
-    """Wan transformer whose ``attn1`` layers run VMoBA (or stay dense with ``attention="full"``).
+    """Wan transformer whose ``attn1`` layers run VMoBA (or stay dense with ``mode="full"``).
 
     Args:
         transformer: a ``WanTransformer3DModel``.
@@ -66,7 +66,7 @@ class VideoDiT(torch.nn.Module):
         self.transformer = transformer
         self.processors: list[VMoBAAttnProcessor] = []
         self.sequence_group: Optional[ProcessGroup] = None
-        if settings.attention == "vmoba":
+        if settings.mode == "vmoba":
             for index, block in enumerate(transformer.blocks):
                 processor = VMoBAAttnProcessor(index, settings)
                 block.attn1.set_processor(processor)
