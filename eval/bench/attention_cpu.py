@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from eval.results_io import checkout_commit
 from vmoba.attention import VMoBAConfig, kept_density, vmoba_attention, vmoba_selection
 
 GRID = (16, 32, 32)  # S = 16,384
@@ -82,6 +83,7 @@ def main() -> None:
             machine=platform.processor() or platform.machine(),
             torch=torch.__version__,
             date=datetime.date.today().isoformat(),
+            commit=checkout_commit(),
         )
         records.append(record)
         print(json.dumps(record))
