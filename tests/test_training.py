@@ -373,6 +373,11 @@ def test_progress_lines_when_output_is_not_a_terminal(tmp_path, synthetic_root, 
     out = capsys.readouterr().out  # captured: not a terminal
     assert "step 12/12 | train/loss" in out and "s/step" in out
     assert "validation at step 6 done" in out and "validation at step 12 done" in out
+    ckpt = f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    for command in ("test", "predict"):  # their batch hooks ran into a Lightning assertion
+        extra = [ckpt, f"--trainer.limit_{command}_batches=1", "--trainer.enable_progress_bar=true"]
+        VMoBACLI(args=[command, *_args(run, synthetic_root), *extra])
+    assert "predict done in" in capsys.readouterr().out
 
 
 def test_rich_bar_describes_a_run_bounded_by_steps():

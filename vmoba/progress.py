@@ -100,13 +100,13 @@ class LineProgressBar(ProgressBar):
         self._begin()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch_line("test", batch_idx, self.total_test_batches_current_dataloader)
+        self._batch_line("test", batch_idx, trainer.num_test_batches[dataloader_idx])
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._begin()
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch_line("predict", batch_idx, self.total_predict_batches_current_dataloader)
+        self._batch_line("predict", batch_idx, trainer.num_predict_batches[dataloader_idx])
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self._due(force=True):
