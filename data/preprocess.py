@@ -263,3 +263,7 @@ def _index(
         skipped=[entry for header in ordered for entry in header["skipped"]],
         shards=shards,
     )
+
+
+if __name__ == "__main__":
+    raise SystemExit("python -m data.preprocess is now python -m vmoba.preprocess (same options)")
