@@ -1,6 +1,9 @@
-"""Encoding RGB frame arrays to mp4 with PyAV (decoding is done by the dataset, via decord)."""
+"""Encoding RGB frame arrays to mp4 with PyAV (decoding is done by the dataset, via decord), and
+the ``settings.json`` that lists a folder of sampled videos with how they were made."""
 
+import json
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -37,3 +40,31 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush delayed frames
+
+
+SETTINGS_FILE = "settings.json"  # beside sampled videos: how they were made (eval.run reads it)
+
+
+def record_samples(folder: Path, settings: dict[str, Any], videos: list[dict[str, Any]]) -> None:
+    """Write ``folder/settings.json``: ``settings`` (checkpoint, scheduler, steps, guidance, seed,
+    ...) and ``videos``, one ``{"file", "prompt", ...}`` per mp4 in ``folder``.
+
+    Videos of an earlier call with equal ``settings`` are kept (an entry for the same file is
+    replaced), so a folder filled batch by batch lists every video; different settings start a
+    new list. Written atomically.
+    """
+    path = folder / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings))  # as read back: tuples become lists
+    earlier = read_sample_settings(folder) or {}
+    listed = earlier.pop("videos", [])
+    if earlier != settings:
+        listed = []
+    by_file = {video["file"]: video for video in [*listed, *videos]}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({**settings, "videos": list(by_file.values())}, indent=1) + "\n")
+
+
+def read_sample_settings(folder: Path) -> dict[str, Any] | None:
+    """The ``settings.json`` that :func:`record_samples` wrote in ``folder``, or None."""
+    path = folder / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

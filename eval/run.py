@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+from data.video_io import SETTINGS_FILE, read_sample_settings
 from eval.metrics import (
     METRICS,
     Metric,
@@ -37,9 +38,6 @@ from eval.metrics import (
 from eval.metrics.video import read_prompts, read_video
 from eval.metrics.weights import WEIGHT_FILES, WeightMismatch
 from eval.results_io import checkout_commit
-
-GENERATION_FILE = "settings.json"  # what vmoba.sample writes beside its videos
-
 
 class RunError(Exception):
     """A problem with the command's inputs; :func:`main` prints it on one line and exits 2."""
@@ -159,12 +157,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_generation(folder: Path) -> dict | None:
-    """The ``settings.json`` that ``vmoba.sample`` wrote beside the videos of ``folder``, or None."""
-    path = folder / GENERATION_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def generation_prompts(generation: dict | None, names: list[str]) -> dict[str, str] | None:
     """``{video: prompt}`` from a ``settings.json``'s ``videos`` list, if it has every video."""
     listed = {v["file"]: v["prompt"] for v in (generation or {}).get("videos", [])}
@@ -189,7 +181,7 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Path], Path | None, dict[str
         except (OSError, ValueError) as error:
             raise RunError(str(error)) from error
     else:
-        prompts = generation_prompts(read_generation(video_dir), names)
+        prompts = generation_prompts(read_sample_settings(video_dir), names)
     return videos, reference_dir, prompts
 
 
@@ -226,7 +218,7 @@ def run(argv: list[str]) -> dict:
     if ready and len(skipped) == len(videos):
         raise RunError(f"--videos {args.videos}: no readable video ({skipped})")
     results = {
-        name: {"unavailable": unavailable[name]} if name in unavailable else metric_result(scores[name])
+        name: metric_result(scores[name]) if name in ready else {"unavailable": unavailable[name]}
         for name in metric_names
     }
     kept = [p.name for p in videos if p.name not in skipped]
@@ -235,8 +227,8 @@ def run(argv: list[str]) -> dict:
         "videos": kept,
         "skipped": skipped,
         "prompts": None if prompts is None else {name: prompts[name] for name in kept},
-        "generation": read_generation(Path(args.videos)),
-        "reference_generation": read_generation(reference_dir) if reference_dir else None,
+        "generation": read_sample_settings(Path(args.videos)),
+        "reference_generation": read_sample_settings(reference_dir) if reference_dir else None,
         "settings": {
             "videos": str(args.videos),
             "reference": str(reference_dir) if reference_dir else None,
@@ -270,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prompts",
         help="prompts: .json {file: prompt}, .csv filename,prompt, or one per line "
-        f"(default: those of {GENERATION_FILE} beside the videos, if any)",
+        f"(default: those of {SETTINGS_FILE} beside the videos, if any)",
     )
     p.add_argument(
         "--metrics",

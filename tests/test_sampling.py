@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vmoba.model import VideoDiT, VMoBASettings, load_transformer
-from vmoba.sampling import make_scheduler, record_samples, sample_videos
+from data.video_io import record_samples
+from vmoba.sampling import make_scheduler, sample_videos
 
 MU, STD = 0.2, 0.3  # the data distribution N(MU, STD^2) of every element
 SHAPE = (1, 2, 4, 4)

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from data.video_io import write_mp4
+from data.video_io import record_samples, write_mp4
 from vmoba.flow_matching import VMoBAFlowMatching, step_generator
 from vmoba.sampling import (
     SCHEDULERS,
     caption_slug,
     make_scheduler,
-    record_samples,
     sample_videos,
     to_uint8_frames,
 )
@@ -101,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         name = f"{i:03d}_{caption_slug(prompt)}.mp4"
         write_mp4(args.out / name, to_uint8_frames(video), fps=args.fps)
         densities = [round(p.density.item(), 4) for p in model.dit.processors if p.density is not None]
-        record_samples(args.out, settings, [dict(file=name, prompt=prompt, layer_density=densities)])
+        video_entry = dict(file=name, prompt=prompt, layer_density=densities)
+        record_samples(args.out, settings, [video_entry])
         print(f"[{i + 1}/{len(prompts)}] {name}: {time.perf_counter() - start:.1f} s", flush=True)
     print(f"wrote {len(prompts)} videos and settings.json to {args.out}")
 

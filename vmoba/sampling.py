@@ -1,19 +1,16 @@
 """Text-to-video sampling with a flow-matching scheduler, classifier-free guidance, and dense
-attention for the first denoising steps (the paper's inference schedule); and what a folder of
-sampled videos holds: mp4 names from captions, uint8 frames, ``settings.json``."""
+attention for the first denoising steps (the paper's inference schedule); mp4 names from
+captions and uint8 frames for the folders of sampled videos (``data.video_io`` writes them)."""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from data.fsutil import atomic_output
 from vmoba.model.wan import VideoDiT
 
 Scheduler = Literal["euler", "unipc"]
@@ -48,28 +45,6 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     return (
         ((video.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).cpu().numpy()
     )
-
-
-SETTINGS_FILE = "settings.json"  # beside sampled videos: how they were made (eval.run reads it)
-
-
-def record_samples(folder: Path, settings: dict[str, Any], videos: list[dict[str, Any]]) -> None:
-    """Write ``folder/settings.json``: ``settings`` (checkpoint, scheduler, steps, guidance, seed,
-    ...) and ``videos``, one ``{"file", "prompt", ...}`` per mp4 in ``folder``.
-
-    Videos of an earlier call with equal ``settings`` are kept (an entry for the same file is
-    replaced), so a folder filled batch by batch lists every video; different settings start a
-    new list. Written atomically.
-    """
-    path = folder / SETTINGS_FILE
-    settings = json.loads(json.dumps(settings))  # as read back: tuples become lists
-    earlier = json.loads(path.read_text()) if path.is_file() else {}
-    listed = earlier.pop("videos", [])
-    if earlier != settings:
-        listed = []
-    by_file = {video["file"]: video for video in [*listed, *videos]}
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({**settings, "videos": list(by_file.values())}, indent=1) + "\n")
 
 
 @torch.no_grad()

@@ -11,8 +11,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from data.video_io import write_mp4
-from vmoba.sampling import caption_slug, make_scheduler, record_samples, to_uint8_frames
+from data.video_io import record_samples, write_mp4
+from vmoba.sampling import caption_slug, make_scheduler, to_uint8_frames
 
 
 def sampling_settings(model: L.LightningModule) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def write_videos(
     latent ``shape`` ``(C, T, H, W)``) and write them as mp4 files named
     ``<prefix>_<i>_<caption>.mp4`` (the same names in every run with the same seed), listed with
     their prompts and :func:`sampling_settings` in the folder's ``settings.json``
-    (:func:`~vmoba.sampling.record_samples`; under data parallelism, rank 0's videos). With
+    (:func:`~data.video_io.record_samples`; under data parallelism, rank 0's videos). With
     sequence parallelism the whole group samples and its first rank writes. Returns the paths."""
     videos = model.generate(captions, shape)
     paths = [folder / f"{prefix}_{i}_{caption_slug(c)}.mp4" for i, c in enumerate(captions)]
