@@ -11,7 +11,6 @@ atomically; a rerun skips the finished ones (a changed setting or manifest is re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.fsutil import atomic_output
+from data.fsutil import atomic_output, file_sha256
 from data.latent_cache import (
     FORMAT_VERSION,
     INDEX,
@@ -77,11 +76,6 @@ def _unbatched(item: Any) -> Any:
     """The DataLoader's collate function: items pass as they are (a module-level function, so
     worker processes can unpickle it)."""
     return item
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (a manifest edited since the cache was made is refused)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def preprocess(

@@ -12,11 +12,11 @@ Each loader is cached on its plain-Python arguments, so metrics sharing a model 
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import torch
 
+from data.fsutil import file_sha256
 from eval.metrics.base import MetricUnavailable, Options
 
 # What each ``--weights KEY=PATH`` expects; quoted in "unavailable" reasons.
@@ -55,12 +55,9 @@ def published_checksum(key: str, variant: str = "") -> str | None:
 
 @functools.cache
 def sha256_of(path: str) -> str:
-    """Hex sha256 of the file at ``path`` (read in 1 MiB chunks; cached per path)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """:func:`data.fsutil.file_sha256` of the file at ``path``, cached per path (several metrics
+    may load one file)."""
+    return file_sha256(path)
 
 
 def weight_path(options: Options, key: str, variant: str = "") -> str:
