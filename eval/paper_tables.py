@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eval.flops import forward_tflops
+from eval.results_io import fastest_per_kind
 
 PAPER_JSON = Path(__file__).with_name("paper_tables.json")
 NOT_MEASURED = "not measured"
@@ -114,13 +115,11 @@ def attention_speedup(records: list[dict], tokens: int, select: str,
                       scope: str) -> tuple[float, float] | None:
     """Dense cuDNN time / VMoBA time of one 1D+2D+3D layer cycle, (forward, forward+backward), with
     the fastest backend per kind; None unless all three kinds were measured at these settings."""
-    rows = [r for r in records if (r["tokens"], r["select"], r["scope"]) == (tokens, select, scope)]
     speedups = []
     for time_key, dense_key in (("fwd_ms", "dense_cudnn_fwd_ms"),
                                 ("fwd_bwd_ms", "dense_cudnn_fwd_bwd_ms")):
-        best = [min((r for r in rows if r["layer_kind"] == kind), key=lambda r: r[time_key],
-                    default=None) for kind in ("1d", "2d", "3d")]
-        if None in best:
+        best = fastest_per_kind(records, tokens, select, scope, time_key)
+        if best is None:
             return None
         speedups.append(sum(r[dense_key] for r in best) / sum(r[time_key] for r in best))
     return speedups[0], speedups[1]

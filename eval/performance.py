@@ -15,6 +15,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from eval.results_io import fastest_per_kind
+
 Column = tuple[str, Callable[[dict], str]]
 
 
@@ -78,10 +80,8 @@ def attention_cycles(records: list[dict]) -> list[dict]:
     cycles = []
     settings = sorted({(r["tokens"], r["select"], r["scope"]) for r in records}, reverse=True)
     for tokens, select, scope in settings:
-        rows = [r for r in records if (r["tokens"], r["select"], r["scope"]) == (tokens, select, scope)]
-        best = [min((r for r in rows if r["layer_kind"] == kind), key=lambda r: r["fwd_bwd_ms"],
-                    default=None) for kind in ("1d", "2d", "3d")]
-        if None in best:
+        best = fastest_per_kind(records, tokens, select, scope, "fwd_bwd_ms")
+        if best is None:
             continue
         cycle = {"tokens": tokens, "select": select, "scope": scope}
         for key in ("fwd_ms", "fwd_bwd_ms", "dense_cudnn_fwd_ms", "dense_cudnn_fwd_bwd_ms"):

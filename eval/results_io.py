@@ -31,6 +31,20 @@ def device_tag(gpus: int = 1) -> str:
     return name + (f"x{gpus}" if gpus > 1 else "")
 
 
+def fastest_per_kind(
+    records: list[dict], tokens: int, select: str, scope: str, key: str
+) -> list[dict] | None:
+    """Of ``eval.bench.attention`` records, the one with the least ``key`` (e.g. ``fwd_ms``) for
+    each layer kind (1D, 2D, 3D) at these tokens and selection; None unless all three kinds were
+    measured there. A 1D+2D+3D layer cycle sums them."""
+    rows = [r for r in records if (r["tokens"], r["select"], r["scope"]) == (tokens, select, scope)]
+    best = [
+        min((r for r in rows if r["layer_kind"] == kind), key=lambda r: r[key], default=None)
+        for kind in ("1d", "2d", "3d")
+    ]
+    return None if None in best else best
+
+
 def write_results(
     out_dir: Path, stem: str, records: list[dict], *, module: str, title: str, commit: str,
     table: str, note: str = "",
