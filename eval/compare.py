@@ -40,7 +40,9 @@ def check_pairing(ours: dict, baseline: dict) -> list[str]:
     if set(ours["videos"]) != set(baseline["videos"]):
         only_ours = sorted(set(ours["videos"]) - set(baseline["videos"]))
         only_base = sorted(set(baseline["videos"]) - set(ours["videos"]))
-        raise PairingError(f"different videos: only in ours {only_ours}, only in baseline {only_base}")
+        raise PairingError(
+            f"different videos: only in ours {only_ours}, only in baseline {only_base}"
+        )
     if ours.get("prompts") and baseline.get("prompts"):
         differ = [v for v in ours["videos"] if ours["prompts"][v] != baseline["prompts"][v]]
         if differ:

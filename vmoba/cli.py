@@ -139,7 +139,8 @@ def moved_option(message: str) -> Optional[str]:
     for old, new in MOVED_OPTIONS.items():
         group, _, name = old.rpartition(".")
         unknown = f"Group '{group}' does not accept option '{name}'" in message
-        nested = f'Parser key "{group}"' in message and f"Option '{name}' is not accepted" in message
+        in_group = f'Parser key "{group}"' in message
+        nested = in_group and f"Option '{name}' is not accepted" in message
         if old in message or unknown or nested:
             return f"--{old} is now --{new}"
     return None

@@ -52,7 +52,9 @@ def preprocess(
 
     def load_encoders(dtype: torch.dtype) -> tuple[LatentCodec, TextEncoder]:
         codec = LatentCodec.from_pretrained(vae_path, dtype=dtype).to(device)
-        text = TextEncoder.from_pretrained(text_encoder_path, max_length=text_max_length, dtype=dtype)
+        text = TextEncoder.from_pretrained(
+            text_encoder_path, max_length=text_max_length, dtype=dtype
+        )
         return codec, text.to(device)
 
     sources = {"vae_path": str(vae_path), "text_encoder_path": str(text_encoder_path)}

@@ -250,7 +250,8 @@ def main() -> None:
     records = run(settings, args.backends, args.heads, args.dim, commit)
     table = markdown(records)
     write_results(
-        args.out_dir, f"attention_{device_tag()}", records, module="eval.bench.attention", commit=commit,
+        args.out_dir, f"attention_{device_tag()}", records, module="eval.bench.attention",
+        commit=commit,
         title="VMoBA attention vs dense SDPA (B=1, H=12, D=128, bf16)", table=table,
     )
     print(table)

@@ -178,7 +178,8 @@ def main() -> None:
             print(json.dumps(records[-1]), flush=True)
     table = markdown(records)
     write_results(
-        args.out_dir, f"train_step_{device_tag()}", records, module="eval.bench.train_step", commit=commit,
+        args.out_dir, f"train_step_{device_tag()}", records, module="eval.bench.train_step",
+        commit=commit,
         title="One Wan 2.1 1.3B training step, full attention vs VMoBA (threshold + "
         "head_global, tau 0.25)", table=table,
     )
