@@ -10,8 +10,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from eval.metrics import METRICS, Metric, Options, Sample
-from eval.metrics.video import read_video
+from eval.metrics import METRICS, Metric, Options
+from eval.metrics.video import read_sample
 from eval.run import build_metrics, parse_weights
 
 
@@ -69,11 +69,7 @@ class TestVideoMetrics(Callback):
         if not self._ready:
             return
         for path, caption in outputs["videos"].items():
-            frames, fps = read_video(path)
-            reference = None
-            if self.reference_dir is not None:
-                reference = read_video(self.reference_dir / path.name)[0]
-            sample = Sample(frames=frames, fps=fps, reference=reference, prompt=caption)
+            sample = read_sample(path, self.reference_dir, caption)
             for name, metric in self._ready.items():
                 self._scores[name].append(metric(sample))
 

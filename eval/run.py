@@ -31,11 +31,10 @@ from eval.metrics import (
     Metric,
     MetricUnavailable,
     Options,
-    Sample,
     get_metric,
     missing_inputs,
 )
-from eval.metrics.video import read_prompts, read_video
+from eval.metrics.video import read_prompts, read_sample
 from eval.metrics.weights import WEIGHT_FILES, WeightMismatch
 from eval.results_io import checkout_commit
 
@@ -100,14 +99,11 @@ def evaluate(
     for i, path in enumerate(videos, 1):
         start = time.perf_counter()
         try:
-            frames, fps = read_video(path)
-            reference = read_video(reference_dir / path.name)[0] if reference_dir else None
+            sample = read_sample(path, reference_dir, prompts[path.name] if prompts else None)
         except Exception as error:  # a corrupt file: skipped and reported, as training does
             skipped[path.name] = f"{type(error).__name__}: {error}"
             warnings.warn(f"skipping unreadable video {path}: {skipped[path.name]}")
             continue
-        prompt = prompts[path.name] if prompts else None
-        sample = Sample(frames=frames, fps=fps, reference=reference, prompt=prompt)
         for name, metric in metrics.items():
             scores[name][path.name] = metric(sample)
         print(f"[{i}/{len(videos)}] {path.name}: {time.perf_counter() - start:.1f} s", flush=True)

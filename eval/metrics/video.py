@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.metrics.base import Sample
+
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """Decode ``path`` with decord: uint8 RGB frames ``[T, H, W, 3]`` and the average fps."""
@@ -15,6 +17,18 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
 
     reader = decord.VideoReader(str(path))
     return reader.get_batch(range(len(reader))).asnumpy(), float(reader.get_avg_fps())
+
+
+def read_sample(
+    path: str | Path, reference_dir: str | Path | None = None, prompt: str | None = None
+) -> Sample:
+    """The video at ``path`` as a :class:`Sample` to score: its frames and fps, the same-named
+    video of ``reference_dir`` as its reference (none without a folder) and ``prompt``."""
+    frames, fps = read_video(path)
+    reference = None
+    if reference_dir is not None:
+        reference = read_video(Path(reference_dir) / Path(path).name)[0]
+    return Sample(frames=frames, fps=fps, reference=reference, prompt=prompt)
 
 
 def read_prompts(path: str | Path, filenames: list[str]) -> dict[str, str]:
