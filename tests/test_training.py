@@ -285,20 +285,43 @@ def test_resume_without_a_checkpoint_fails_before_any_work(tmp_path, synthetic_r
     ("--model.attention.threshold=1.5", "--model.attention: threshold must be"),
     ("--model.vae_path=/no/such/wan", "--model.vae_path /no/such/wan: no such folder"),
     ("--data.train_manifest=MANIFEST", "--data.train_manifest"),
+    ("--data.train_manifest=CORRUPT", "--data.train_manifest"),  # files that exist, none decodes
     ("--ckpt_path=last", "--ckpt_path last: no last*.ckpt"),
+    ("--trainer.max_stesp=3", "unknown option --trainer.max_stesp (did you mean "
+                              "--trainer.max_steps?)"),  # a typo: the closest key, no usage
+    ("--model.atention.mode=full", "unknown option --model.atention.mode (did you mean "
+                                   "--model.attention.mode?)"),
 ])
 def test_bad_configuration_fails_in_one_line_before_any_work(tmp_path, capsys, option, message):
     manifest = tmp_path / "clips.csv"
     manifest.write_text("path,caption\nmissing.mp4,a clip\n")
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00not a video" * 100)
+    corrupt = tmp_path / "corrupt.csv"
+    corrupt.write_text("path,caption\ncorrupt.mp4,a clip\nmissing.mp4,another\n")
     run = tmp_path / "run"
-    args = [f"--trainer.default_root_dir={run}", option.replace("MANIFEST", str(manifest))]
+    args = [f"--trainer.default_root_dir={run}",
+            option.replace("MANIFEST", str(manifest)).replace("CORRUPT", str(corrupt))]
     if "manifest" in option:
         args.append(f"--data.val_manifest={manifest}")
     with pytest.raises(SystemExit) as exit_:
         cli_main(["fit", *args], callbacks=CALLBACKS)
     error = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(error) == 1 and error[0].startswith(f"error: {message}")
+    assert "CORRUPT" not in option or "none of its 2 clips is usable" in error[0]
     assert not run.exists()
+
+
+def test_a_mistyped_key_in_a_config_file_names_the_closest_option(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  attention:\n    mdoe: full\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", f"--config={config}", f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and error == [
+        "error: unknown option --model.attention.mdoe (did you mean --model.attention.mode?); "
+        "every option: --help"
+    ]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("old,new", [
@@ -441,7 +464,7 @@ def test_bad_videos_are_skipped_and_counted(tmp_path, synthetic_root):
     assert metrics["skipped_videos"] == {"train": 2, "val": 0}
 
     all_bad = _manifest(tmp_path / "bad.jsonl", bad_rows)
-    with pytest.raises(RuntimeError, match="none of the 2 videos in manifest .* is usable"):
+    with pytest.raises(ValueError, match="none of its 2 clips is usable"):  # before any work
         _fit(
             tmp_path / "bad",
             synthetic_root,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -146,14 +148,51 @@ def moved_option(message: str) -> Optional[str]:
     return None
 
 
+def unknown_options(message: str) -> list[str]:
+    """The keys a parse error calls unknown (``trainer.max_stesp``), on the command line or in a
+    config file; empty for other errors."""
+    if message.startswith("unrecognized arguments:"):
+        tokens = message.partition(":")[2].split()
+        return [t[2:].partition("=")[0] for t in tokens if t.startswith("--")]
+    nested = re.search(r'Parser key "([\w.]+)".*?Option \'(\w+)\' is not accepted', message, re.S)
+    if nested:
+        return [f"{nested.group(1)}.{nested.group(2)}"]
+    group = re.search(r"(Subcommand|Group) '([\w.]+)' does not accept option '([\w.]+)'", message)
+    if group:
+        return [group.group(3) if group.group(1) == "Subcommand" else ".".join(group.group(2, 3))]
+    return []
+
+
+def did_you_mean(key: str, parser: LightningArgumentParser) -> str:
+    """``--key`` and the closest option the parser accepts (``--a (did you mean --b?)``)."""
+    try:
+        known = {k.replace(".init_args.", ".") for k in parser.get_defaults().keys()}
+    except Exception:  # defaults that do not parse: name the key alone
+        known = set()
+    known |= {o[2:] for o in parser._option_string_actions if o.startswith("--")}
+    known = [k for k in known if "__" not in k and not k.endswith(".class_path")]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"--{key} (did you mean --{close[0]}?)" if close else f"--{key}"
+
+
 class VMoBAParser(LightningArgumentParser):
     """Lightning's parser, raising a :class:`ConfigError` for an option that moved
-    (:func:`moved_option`) instead of printing the usage."""
+    (:func:`moved_option`) or one it does not know (:func:`did_you_mean`) instead of printing
+    the usage."""
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         moved = moved_option(message)
         if moved is not None:
             raise ConfigError(moved)
+        unknown = unknown_options(message)
+        if unknown:
+            parser = self
+            subcommand = re.match(r"Subcommand '(\w+)'", message)
+            subcommands = getattr(self, "_subcommands_action", None)
+            if subcommand and subcommands is not None:
+                parser = subcommands._name_parser_map.get(subcommand.group(1), self)
+            named = ", ".join(did_you_mean(key, parser) for key in unknown)
+            raise ConfigError(f"unknown option {named}; every option: --help")
         super().error(message, ex)
 
 

@@ -6,10 +6,12 @@ the model give, and the local paths."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 from data.manifest import read_manifest
+from data.video_dataset import BadVideoWarning, VideoClipDataset
 from vmoba.attention import LAYER_KINDS
 from vmoba.attention.partition import block_shape
 from vmoba.model.processor import VMoBASettings
@@ -56,6 +58,31 @@ def check_paths(model: Any, data: Any) -> None:
                     f"--data.{option} {value}: none of its {len(entries)} clips exists "
                     f"(first: {entries[0].path})"
                 )
+            try:
+                unusable = first_unusable(value, data)
+            except ValueError as error:  # clip settings out of range
+                raise ConfigError(f"--data: {error}") from None
+            if unusable is not None:
+                raise ConfigError(
+                    f"--data.{option} {value}: none of its {len(entries)} clips is usable "
+                    f"({unusable})"
+                )
+
+
+def first_unusable(manifest: str, data: Any) -> Optional[str]:
+    """None when a row of ``manifest`` decodes into a clip of the run's clip settings (rows are
+    tried in order until one does), else why its first row cannot."""
+    fields = _fields(data)
+    settings = {k: fields[k] for k in ("num_frames", "frame_stride", "seed") if k in fields}
+    dataset = VideoClipDataset(
+        manifest, resolution=tuple(fields.get("resolution", (32, 32))),
+        target_fps=fields.get("target_fps"), **{"num_frames": 8, **settings},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BadVideoWarning)
+        if any(dataset.clip(row) is not None for row in range(len(dataset))):
+            return None
+    return str(caught[0].message) if caught else "no clip"
 
 
 def attention_settings(model: Any) -> Optional[VMoBASettings]:
