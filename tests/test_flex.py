@@ -237,3 +237,24 @@ def test_registry_entry(monkeypatch):
     ):
         with pytest.raises(ValueError, match="does not support"):
             resolve_backend("flex", device, dtype, dim)
+
+
+def test_cuda_flex_calls_raise_past_the_shape_limit_instead_of_running_eagerly(monkeypatch):
+    """FlexAttention's eager path materialises S x S scores: on CUDA a call past the compiled
+    shape limit must raise, not fall back (checked with dynamo's eager backend on the CPU and a
+    limit of 2 graphs); the CPU path (eager by design) has no limit."""
+    from vmoba.attention import compile_limits, flex
+
+    monkeypatch.setattr(compile_limits, "COMPILED_SHAPES", 2)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.reset()
+    double = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+    with flex.shape_limits(torch.device("cuda")):
+        double(torch.ones(1)), double(torch.ones(2))  # two graphs: within the limit
+        with pytest.raises(Exception, match="(?i)limit"):
+            double(torch.ones(3))
+    torch._dynamo.reset()
+    with flex.shape_limits(torch.device("cpu")):
+        for size in (1, 2, 3):  # past dynamo's limit of 1: runs eagerly, no error
+            assert double(torch.ones(size)).sum() == 2 * size
+    torch._dynamo.reset()

@@ -129,6 +129,16 @@ def flex_tile_density(
     return (partial | full).double().mean()
 
 
+def shape_limits(device: torch.device) -> contextlib.AbstractContextManager:
+    """The compile limits a FlexAttention call on ``device`` runs under: on CUDA, up to
+    :data:`~vmoba.attention.compile_limits.COMPILED_SHAPES` graphs and then an error, never
+    FlexAttention's eager path, which materialises ``S x S`` scores (inside a caller's compiled
+    graph, the caller's limits); on the CPU (eager) none."""
+    if device.type == "cuda" and not torch.compiler.is_compiling():
+        return compiled_shapes(strict=True)
+    return contextlib.nullcontext()
+
+
 def flex_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -142,10 +152,7 @@ def flex_attention(
     on_device = partition.on(q.device)
     perm, inverse = on_device.perm, on_device.inverse
     qh, kh, vh = (x[:, perm].transpose(1, 2) for x in (q, k, v))  # [B, H, S, D], block order
-    cuda = q.device.type == "cuda"
-    attend = _compiled_flex() if cuda else torch_flex.flex_attention
-    # never the eager S x S path on CUDA (inside a caller's compiled graph, the caller's limits)
-    limit = cuda and not torch.compiler.is_compiling()
-    with compiled_shapes(strict=True) if limit else contextlib.nullcontext():
+    attend = _compiled_flex() if q.device.type == "cuda" else torch_flex.flex_attention
+    with shape_limits(q.device):
         out = attend(qh, kh, vh, block_mask=flex_block_mask(keep, partition, TILE))
     return out.transpose(1, 2)[:, inverse]
