@@ -88,7 +88,8 @@ def test_cli_fit_writes_a_complete_run_directory(tmp_path, synthetic_root):
     notices = ("litlogger", "in eval mode", "LeafSpec", "Epoch 0/-", "weights_only")
     assert not any(n in output for n in notices)
     assert f"fit writes to {run_dir}" in output
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # 12 steps, checkpoints every 5: the end's last.ckpt replaces the periodic one (no last-v1)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("last*")) == ["last.ckpt"]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     samples = list((run_dir / "samples").glob("*.mp4"))
@@ -530,6 +531,7 @@ def test_default_run_loses_at_most_ten_steps_to_a_kill():
     last = [c.init_args for c in callbacks
             if c.class_path.endswith("ModelCheckpoint") and c.init_args.save_last]
     assert len(last) == 1 and last[0].every_n_train_steps <= 10
+    assert last[0].enable_version_counter is False  # one last.ckpt, not last-v1.ckpt beside it
     assert any(c.class_path == "vmoba.checkpoint_io.LastCheckpoint" for c in callbacks)
 
 
