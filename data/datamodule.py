@@ -2,7 +2,7 @@
 
 import math
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import lightning as L
 import torch
@@ -10,11 +10,13 @@ from torch.utils.data import DataLoader
 
 from data.latent_cache import CLIP_SETTINGS, LatentCacheDataset, collate_cached
 from data.sampler import EpochShuffleSampler
+from data.scenes import ProceduralScenes, check_scene_shape
 from data.synthetic import ensure_synthetic_dataset
 from data.video_dataset import VideoClipDataset, VideoSample, validate_clip_args
 
 SYNTHETIC_MIN_FRAMES = 24
-ClipDataset = VideoClipDataset | LatentCacheDataset
+SYNTHETIC_VAL_FRACTION = 0.125
+ClipDataset = VideoClipDataset | LatentCacheDataset | ProceduralScenes
 
 
 class VideoBatch(TypedDict):
@@ -32,12 +34,26 @@ def collate_videos(samples: list[VideoSample]) -> VideoBatch:
     }
 
 
+def check_scenes(
+    num_frames: int, frame_stride: int, target_fps: float | None, resolution: tuple[int, int]
+) -> None:
+    """ValueError unless the procedural scenes can be rendered with these clip settings."""
+    if frame_stride != 1 or target_fps is not None:
+        raise ValueError(
+            "synthetic='scenes' renders num_frames consecutive frames: leave frame_stride "
+            f"(got {frame_stride}) and target_fps (got {target_fps}) at their defaults"
+        )
+    check_scene_shape(num_frames, tuple(resolution))
+
+
 class VideoDataModule(L.LightningDataModule):
     """Train/val loaders of fixed-length video clips.
 
-    With both manifests left as None, a synthetic "moving shapes" set is generated (once) under
-    ``synthetic_root`` in :meth:`prepare_data` and used for both splits. With both caches set,
-    batches are read from latent caches (``python -m vmoba.preprocess``): VAE posteriors and
+    With both manifests left as None, the clips are synthetic: ``synthetic="shapes"`` generates a
+    "moving shapes" set (once) under ``synthetic_root`` in :meth:`prepare_data`;
+    ``synthetic="scenes"`` renders :class:`~data.scenes.ProceduralScenes` (textured objects,
+    occlusion, camera pan and zoom) on the fly at exactly ``num_frames`` and ``resolution``.
+    With both caches set, batches are read from latent caches (``python -m vmoba.preprocess``): VAE posteriors and
     caption embeddings instead of decoded videos (a :class:`~data.latent_cache.CachedBatch`).
 
     Args:
@@ -52,8 +68,10 @@ class VideoDataModule(L.LightningDataModule):
         synthetic_root: cache folder of the synthetic set, used when the manifests are None. Its
             clips have max(24, (num_frames - 1) * frame_stride + 1) frames of 64x64 pixels;
             asking for longer clips regenerates the cache.
-        synthetic_num_clips: number of synthetic clips (train + val), >= 8. The content does not
-            depend on ``seed``, so changing the seed never regenerates the cache.
+        synthetic: which synthetic clips: ``"shapes"`` or ``"scenes"`` (then ``frame_stride``
+            and ``target_fps`` keep their defaults, and ``synthetic_root`` is unused).
+        synthetic_num_clips: number of synthetic clips (train + val, 1/8 of them val), >= 8. The
+            content does not depend on ``seed``, so changing the seed never regenerates the cache.
         num_frames: frames per clip T, >= 1.
         frame_stride: step between sampled source frames, >= 1.
         target_fps: sample clips at this frame rate instead of ``frame_stride`` (the stride of
@@ -73,6 +91,7 @@ class VideoDataModule(L.LightningDataModule):
         train_cache: str | None = None,
         val_cache: str | None = None,
         synthetic_root: str = "~/.cache/vmoba/synthetic",
+        synthetic: Literal["shapes", "scenes"] = "shapes",
         synthetic_num_clips: int = 256,
         num_frames: int = 8,
         frame_stride: int = 1,
@@ -99,6 +118,8 @@ class VideoDataModule(L.LightningDataModule):
                 f"{train_manifest!r} and train_cache={train_cache!r}"
             )
         validate_clip_args(num_frames, frame_stride, resolution)
+        if synthetic == "scenes" and train_manifest is None and train_cache is None:
+            check_scenes(num_frames, frame_stride, target_fps, resolution)
         if synthetic_num_clips < 8:
             raise ValueError(f"synthetic_num_clips must be >= 8, got {synthetic_num_clips}")
         if batch_size < 1:
@@ -113,6 +134,7 @@ class VideoDataModule(L.LightningDataModule):
         self.train_cache = train_cache
         self.val_cache = val_cache
         self.synthetic_root = synthetic_root
+        self.synthetic = synthetic
         self.synthetic_num_clips = synthetic_num_clips
         self.num_frames = num_frames
         self.frame_stride = frame_stride
@@ -126,7 +148,7 @@ class VideoDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate the synthetic set if it is used (Lightning runs this on one process per node)."""
-        if self.train_cache is None:
+        if self.train_cache is None and not self._scenes:
             self._manifests()
 
     def setup(self, stage: str | None = None) -> None:
@@ -134,6 +156,12 @@ class VideoDataModule(L.LightningDataModule):
         if self.train_cache is not None:
             self.train_dataset = self._cached(self.train_cache)
             self.val_dataset = self._cached(self.val_cache)
+            return
+        if self._scenes:
+            num_val = round(self.synthetic_num_clips * SYNTHETIC_VAL_FRACTION)
+            num_train = self.synthetic_num_clips - num_val
+            self.train_dataset = self._rendered(num_train, "train")
+            self.val_dataset = self._rendered(num_val, "val")
             return
         train, val = self._manifests()
         self.train_dataset = self._dataset(train)
@@ -169,6 +197,15 @@ class VideoDataModule(L.LightningDataModule):
         """Validation clips: their captions prompt the samples, their shape sizes them."""
         return self.val_dataloader()
 
+    @property
+    def _scenes(self) -> bool:
+        """Whether the clips are procedural scenes (no manifests, no cache)."""
+        no_files = self.train_manifest is None and self.train_cache is None
+        return no_files and self.synthetic == "scenes"
+
+    def _rendered(self, num_clips: int, split: str) -> ProceduralScenes:
+        return ProceduralScenes(num_clips, self.num_frames, self.resolution, split)
+
     def _manifests(self) -> tuple[str | Path, str | Path]:
         if self.train_manifest is not None:
             return self.train_manifest, self.val_manifest
@@ -178,6 +215,7 @@ class VideoDataModule(L.LightningDataModule):
             self.synthetic_root,
             num_clips=self.synthetic_num_clips,
             num_frames=max(SYNTHETIC_MIN_FRAMES, span),
+            val_fraction=SYNTHETIC_VAL_FRACTION,
         )
         return manifests.train, manifests.val
 

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from data.datamodule import check_scenes
 from data.manifest import read_manifest
 from data.video_dataset import BadVideoWarning, VideoClipDataset
 from vmoba.attention import LAYER_KINDS
@@ -132,8 +133,21 @@ def check_blocks(model: Any, data: Any) -> None:
             raise ConfigError(f"--model.attention.block_{kind}: {error}") from None
 
 
+def check_synthetic(data: Any) -> None:
+    """The clip settings of procedural scenes, when the run renders them."""
+    data = _fields(data)
+    if data.get("synthetic") != "scenes" or data.get("train_manifest") or data.get("train_cache"):
+        return
+    try:
+        check_scenes(data.get("num_frames", 8), data.get("frame_stride", 1),
+                     data.get("target_fps"), tuple(data.get("resolution", (32, 32))))
+    except ValueError as error:
+        raise ConfigError(f"--data.synthetic scenes: {error}") from None
+
+
 def check_run_config(model: Any, data: Any) -> None:
-    """:func:`check_paths` and :func:`check_blocks` for a run's ``model`` and ``data``
-    configuration (namespaces or dicts); raises :class:`ConfigError`."""
+    """:func:`check_paths`, :func:`check_synthetic` and :func:`check_blocks` for a run's
+    ``model`` and ``data`` configuration (namespaces or dicts); raises :class:`ConfigError`."""
     check_paths(model, data)
+    check_synthetic(data)
     check_blocks(model, data)

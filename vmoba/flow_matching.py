@@ -67,6 +67,10 @@ class VMoBAFlowMatching(L.LightningModule):
         num_samples: videos sampled after each validation (0 disables sampling).
         sample_fps: frame rate of the saved mp4 files (validation, test and predict samples).
         seed: seeds the tiny text encoder, the training noise of every step and the samples.
+        val_timesteps: None scores each validation batch at timesteps and noise drawn from
+            ``(seed, batch index)``; ``K`` scores every clip at the ``K`` shifted midpoints
+            ``t_k = shift((k + 1/2) / K)`` with noise drawn from ``(seed, clip index, k)``, so a
+            clip's loss does not depend on the batch it is in (curves comparable across runs).
     """
 
     def __init__(
@@ -91,8 +95,11 @@ class VMoBAFlowMatching(L.LightningModule):
         num_samples: int = 2,
         sample_fps: int = 8,
         seed: int = 0,
+        val_timesteps: Optional[int] = None,
     ) -> None:
         super().__init__()
+        if val_timesteps is not None and val_timesteps < 1:
+            raise ValueError(f"val_timesteps must be None or >= 1, got {val_timesteps}")
         self.save_hyperparameters()
         self.settings = attention or VMoBASettings()
         self.dit = VideoDiT(load_transformer(transformer, pretrained_path), self.settings)
@@ -163,10 +170,39 @@ class VMoBAFlowMatching(L.LightningModule):
         drop = torch.rand(size, generator=generator, device=x0.device) < dropout
         text = self.text_embeddings(batch, drop)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.velocity_loss(x0, t, noise, text)
+
+    def velocity_loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE between the predicted and the true velocity ``noise - x0`` at ``x_t = (1 - t) x0 +
+        t noise``: ``x0``, ``noise`` ``[B, C, T, H, W]``, ``t`` ``[B]`` in [0, 1], ``text``
+        ``[B, L, text_dim]``."""
         t_ = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
         noisy = (1 - t_) * x0 + t_ * noise
         velocity = self.dit(noisy, t * 1000, text)
         return F.mse_loss(velocity.float(), (noise - x0).float())
+
+    def timestep_grid_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Mean loss over the clips of ``batch`` and the ``val_timesteps`` grid, each clip's noise
+        seeded by its index (``batch["index"]``) and the grid point (a VAE's posterior sample of
+        the clip is still drawn per batch)."""
+        steps = self.hparams.val_timesteps
+        x0 = self.clean_latents(batch, step_generator(self.device, self.hparams.seed, batch_idx))
+        size = x0.shape[0]
+        text = self.text_embeddings(batch, torch.zeros(size, dtype=torch.bool, device=x0.device))
+        losses = []
+        for k in range(steps):
+            t = shift_timesteps(torch.full((size,), (k + 0.5) / steps), self.hparams.flow_shift)
+            noise = torch.stack([
+                torch.randn(
+                    x0.shape[1:], dtype=x0.dtype, device=x0.device,
+                    generator=step_generator(self.device, self.hparams.seed, 3_000_000, i, k),
+                )
+                for i in batch["index"].tolist()
+            ])
+            losses.append(self.velocity_loss(x0, t.to(x0.device), noise, text))
+        return torch.stack(losses).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         micro = batch_idx % self.trainer.accumulate_grad_batches
@@ -183,7 +219,10 @@ class VMoBAFlowMatching(L.LightningModule):
         return loss
 
     def evaluation_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Loss with noise and timesteps fixed per batch index, comparable across evaluations."""
+        """Loss with noise and timesteps fixed (per batch index, or per clip and grid point with
+        ``val_timesteps``), comparable across evaluations."""
+        if self.hparams.val_timesteps is not None:
+            return self.timestep_grid_loss(batch, batch_idx)
         generator = step_generator(self.device, self.hparams.seed, 1_000_000 + batch_idx)
         return self.flow_matching_loss(batch, generator, dropout=0.0)
 

@@ -61,7 +61,7 @@ class ValidationSamples(Callback):
     """After each validation (not the sanity check), samples ``model.num_samples`` videos (0: none)
     for the first captions of the first validation batch into ``<run dir>/samples/``, named by
     the step of the weights (``step000100_0_<caption>.mp4``), with the model's sampling
-    hyperparameters. Rank 0 samples; with sequence parallelism the rest of its group takes part.
+    hyperparameters, at the run's precision (bf16 autocast under ``bf16-mixed``). Rank 0 samples; with sequence parallelism the rest of its group takes part.
     """
 
     def __init__(self) -> None:
@@ -87,4 +87,6 @@ class ValidationSamples(Callback):
         run_dir = pl_module.run_dir  # a collective under DDP: every rank asks
         if pl_module.hparams.num_samples > 0 and trainer.global_rank < pl_module.dit.sequence_size:
             prefix = f"step{pl_module.trained_steps:06d}"
-            write_videos(pl_module, run_dir / "samples", prefix, self._captions, self._shape)
+            # at the run's precision, as its validation steps (Lightning autocasts only those)
+            with trainer.precision_plugin.forward_context():
+                write_videos(pl_module, run_dir / "samples", prefix, self._captions, self._shape)
