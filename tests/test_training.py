@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -292,6 +293,8 @@ def test_resume_without_a_checkpoint_fails_before_any_work(tmp_path, synthetic_r
                               "--trainer.max_steps?)"),  # a typo: the closest key, no usage
     ("--model.atention.mode=full", "unknown option --model.atention.mode (did you mean "
                                    "--model.attention.mode?)"),
+    ("--data.synthetic=scenes|--data.num_frames=1",  # '|' separates two options
+     "--data.synthetic scenes: num_frames must be >= 2"),
 ])
 def test_bad_configuration_fails_in_one_line_before_any_work(tmp_path, capsys, option, message):
     manifest = tmp_path / "clips.csv"
@@ -300,8 +303,8 @@ def test_bad_configuration_fails_in_one_line_before_any_work(tmp_path, capsys, o
     corrupt = tmp_path / "corrupt.csv"
     corrupt.write_text("path,caption\ncorrupt.mp4,a clip\nmissing.mp4,another\n")
     run = tmp_path / "run"
-    args = [f"--trainer.default_root_dir={run}",
-            option.replace("MANIFEST", str(manifest)).replace("CORRUPT", str(corrupt))]
+    option = option.replace("MANIFEST", str(manifest)).replace("CORRUPT", str(corrupt))
+    args = [f"--trainer.default_root_dir={run}", *option.split("|")]
     if "manifest" in option:
         args.append(f"--data.val_manifest={manifest}")
     with pytest.raises(SystemExit) as exit_:
@@ -367,6 +370,33 @@ def test_sigterm_leaves_a_checkpoint_of_the_interrupted_step(tmp_path, synthetic
     resumed = BatchOrder()
     _fit(run, synthetic_root, "--model.num_samples=0", callbacks=[resumed], ckpt_path="last")
     assert resumed.seen[0][0] == 8
+
+
+def test_kill_9_loses_at_most_one_checkpoint_interval(tmp_path, synthetic_root):
+    """A real ``kill -9`` of ``python main.py fit``: ``--ckpt_path last`` then resumes from the
+    newest periodic ``last.ckpt`` (every 5 steps in tests/configs/tiny.yaml, 10 in the default)."""
+    run = tmp_path / "run"
+    args = _args(run, synthetic_root, "--model.num_samples=0", "--trainer.max_steps=10000",
+                 "--trainer.limit_val_batches=0")
+    fit = subprocess.Popen([sys.executable, "main.py", "fit", *args], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 240
+        while not last.is_file() and time.monotonic() < deadline and fit.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)  # a few steps past the checkpoint
+    finally:
+        fit.send_signal(signal.SIGKILL)
+        fit.wait()
+    assert fit.returncode == -signal.SIGKILL and last.is_file()
+    saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert saved > 0 and saved % 5 == 0
+    assert not list(last.parent.glob("*.tmp*"))  # no half-written file beside it
+    resumed = BatchOrder()
+    metrics = _fit(run, synthetic_root, "--model.num_samples=0", f"--trainer.max_steps={saved + 2}",
+                   "--trainer.limit_val_batches=0", callbacks=[resumed], ckpt_path="last")
+    assert resumed.seen[0][0] == saved and metrics["global_step"] == saved + 2
 
 
 class StepLosses(Callback):
