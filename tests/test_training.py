@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -230,15 +231,22 @@ def _files(folder: Path) -> dict[Path, bytes]:
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+FOLDER_NOTICES = ("dirpath has changed", "exists and is not empty")
+"""Lightning's warnings about checkpoint folders, which one folder per command makes moot."""
+
+
 def test_follow_up_commands_leave_the_run_as_it_was(tmp_path, synthetic_root):
     """validate, predict, a full-attention baseline and a mistyped checkpoint after a fit: the
-    run's files stay byte-identical, each command writes its own folder."""
+    run's files stay byte-identical, each command writes its own folder (and no warning about
+    checkpoint folders)."""
     run = tmp_path / "run"
     common = _args(run, synthetic_root, "--trainer.max_steps=6", "--model.num_samples=1")
     VMoBACLI(args=["fit", *common])
     before = _files(run)
-    VMoBACLI(args=["validate", *common, "--ckpt_path=last"])
-    VMoBACLI(args=["predict", *common, "--ckpt_path=last"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # every warning, unless the CLI silences it
+        VMoBACLI(args=["validate", *common, "--ckpt_path=last"])
+        VMoBACLI(args=["predict", *common, "--ckpt_path=last"])
     VMoBACLI(args=["fit", *common, "--model.attention.mode=full"])
     with pytest.raises(ValueError, match="no such checkpoint file"):
         VMoBACLI(args=["validate", *common, f"--ckpt_path={run / 'typo.ckpt'}"])
@@ -249,6 +257,7 @@ def test_follow_up_commands_leave_the_run_as_it_was(tmp_path, synthetic_root):
     assert list((run / "predict" / "predictions").glob("*.mp4"))
     assert json.loads((tmp_path / "run-1" / "metrics.json").read_text())["attention"] == "full"
     assert not (run / "validate-1").exists()  # the failed command made nothing
+    assert not [str(w.message) for w in seen if any(n in str(w.message) for n in FOLDER_NOTICES)]
 
 
 def test_resume_appends_to_the_run(tmp_path, synthetic_root):
@@ -258,7 +267,10 @@ def test_resume_appends_to_the_run(tmp_path, synthetic_root):
     config, rows = (run / "config.yaml").read_bytes(), (run / "metrics.csv").read_text()
     first = json.loads((run / "metrics.json").read_text())
     start = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
-    VMoBACLI(args=["fit", *common, "--trainer.max_steps=12", "--ckpt_path=last"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # every warning, unless the CLI silences it
+        VMoBACLI(args=["fit", *common, "--trainer.max_steps=12", "--ckpt_path=last"])
+    assert not [str(w.message) for w in seen if any(n in str(w.message) for n in FOLDER_NOTICES)]
     assert (run / "config.yaml").read_bytes() == config
     resumed = json.loads((run / "metrics.json").read_text())
     assert resumed["train_steps"] == 6 + 12 - start  # steps run, a re-run one counted again

@@ -32,10 +32,22 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
-# Two warnings every run printed that no user can act on: the frozen text encoder and VAE are in
-# eval mode on purpose, and the deprecation is inside Lightning.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def silence_moot_warnings() -> None:
+    """Filter out the warnings no user of this CLI can act on: the frozen text encoder and VAE
+    are in eval mode on purpose; a deprecation inside Lightning; and two that one folder per
+    command brings (validate/test/predict load a checkpoint whose ModelCheckpoint wrote to the
+    run's folder, and a resumed fit saves into its own checkpoint folder). Called by every
+    :class:`VMoBACLI`, so a caller's reset of the filters does not bring them back."""
+    for message in (
+        r"Found \d+ module\(s\) in eval mode at the start",
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        r"The dirpath has changed from",
+        r"Checkpoint directory .* exists and is not empty",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
 
 # Lets configs write ${trainer.default_root_dir} although each subcommand nests them (fit.trainer...).
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
@@ -218,6 +230,7 @@ class VMoBACLI(LightningCLI):
         run: bool = True,
         callbacks: Optional[dict[str, type[Callback]]] = None,
     ) -> None:
+        silence_moot_warnings()
         self.extra_callbacks = dict(callbacks or {})
         defaults = {"default_config_files": [str(DEFAULT_CONFIG)], "parser_mode": "omegaconf+"}
         # With subcommands, each subcommand's parser reads the default config; without (run=False),
