@@ -97,8 +97,8 @@ def test_search_kernels_keep_what_the_sort_keeps(kind, tau):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 (see the last test)")
-@pytest.mark.parametrize("kind", ["random", "ties", "constant", "self_only"])
-@pytest.mark.parametrize("tau", [0.0, 0.25])
+@pytest.mark.parametrize("kind, tau", [  # every kind and both taus, at the interpreter's pace
+    ("random", 0.25), ("ties", 0.0), ("constant", 0.25), ("self_only", 0.0)])
 def test_search_kernels_interpreted_keep_what_the_sort_keeps(kind, tau, monkeypatch):
     """The Triton kernels on the CPU: pools of ~6K entries in 2 parts, so ties cross parts."""
     monkeypatch.setattr(threshold_search, "search_available", lambda pools: True)
@@ -118,4 +118,4 @@ def test_search_kernels_interpreted_keep_what_the_sort_keeps(kind, tau, monkeypa
 
 @pytest.mark.skipif(INTERPRETED or triton is None, reason="needs Triton; is the child run")
 def test_search_kernels_in_triton_interpreter():
-    run_interpreted(__file__, "interpreted", expected=8)
+    run_interpreted(__file__, "interpreted", expected=4)
