@@ -110,18 +110,21 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     assert _imports(source, "data.planted") == {"eval.run", "vmoba.model", "data.latent_cache"}
 
 
-def _eval_modules_after(statement: str) -> list[str]:
-    """The ``eval`` modules loaded by a fresh interpreter that ran ``statement``."""
-    code = (
-        f"import json, sys; {statement}; "
+def _eval_modules_after(*statements: str) -> list[list[str]]:
+    """The ``eval`` modules loaded by one fresh interpreter after each of ``statements`` in turn."""
+    report = (
         "print(json.dumps(sorted(m for m in sys.modules if m == 'eval' or m.startswith('eval.'))))"
     )
+    code = "import json, sys\n" + "".join(f"{s}\n{report}\n" for s in statements)
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in done.stdout.strip().splitlines()[-len(statements):]]
 
 
 def test_training_entry_points_load_no_eval_module():
-    assert _eval_modules_after("import vmoba, vmoba.cli, vmoba.flow_matching") == []
-    assert "eval.run" in _eval_modules_after("import vmoba.cli, eval.callbacks")  # the check sees it
+    training, then_eval = _eval_modules_after(
+        "import vmoba, vmoba.cli, vmoba.flow_matching", "import eval.callbacks"
+    )
+    assert training == []
+    assert "eval.run" in then_eval  # the check sees an eval import
