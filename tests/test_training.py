@@ -442,10 +442,14 @@ def test_progress_lines_when_output_is_not_a_terminal(tmp_path, synthetic_root, 
     assert "step 12/12 | train/loss" in out and "s/step" in out
     assert "validation at step 6 done" in out and "validation at step 12 done" in out
     ckpt = f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
-    for command in ("test", "predict"):  # their batch hooks ran into a Lightning assertion
+    for command in ("test", "predict", "validate"):  # test/predict's hooks once hit an assertion
         extra = [ckpt, f"--trainer.limit_{command}_batches=1", "--trainer.enable_progress_bar=true"]
+        if command == "validate":
+            extra[1] = "--trainer.limit_val_batches=1"
         VMoBACLI(args=[command, *_args(run, synthetic_root), *extra])
-    assert "predict done in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "predict done in" in out
+    assert "validation at step 12 done" in out  # validate names the checkpoint's step, not 0
 
 
 def test_rich_bar_describes_a_run_bounded_by_steps():

@@ -88,7 +88,9 @@ class LineProgressBar(ProgressBar):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and self._due(force=True):
             seconds = time.monotonic() - self._validation_start
-            self._print(f"validation at step {trainer.global_step} done in {seconds:.0f} s"
+            # the weights' step: validate's own counter is 0 (VMoBAFlowMatching.trained_steps)
+            step = getattr(pl_module, "trained_steps", trainer.global_step)
+            self._print(f"validation at step {step} done in {seconds:.0f} s"
                         f"{self._metrics(pl_module)}")
 
     def _batch_line(self, stage: str, batch_idx: int, total: Any) -> None:
