@@ -405,10 +405,11 @@ def test_kill_9_loses_at_most_one_checkpoint_interval(tmp_path, synthetic_root):
     saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert saved > 0 and saved % 5 == 0
     assert not list(last.parent.glob("*.tmp*"))  # no half-written file beside it
-    resumed = BatchOrder()
-    metrics = _fit(run, synthetic_root, "--model.num_samples=0", f"--trainer.max_steps={saved + 2}",
-                   "--trainer.limit_val_batches=0", callbacks=[resumed], ckpt_path="last")
-    assert resumed.seen[0][0] == saved and metrics["global_step"] == saved + 2
+    resume = _args(run, synthetic_root, "--model.num_samples=0", "--trainer.limit_val_batches=0",
+                   f"--trainer.max_steps={saved + 2}", "--ckpt_path=last")
+    VMoBACLI(args=["fit", *resume])  # as the user resumes: the CLI finds last.ckpt
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_steps"] == 2 and metrics["global_step"] == saved + 2
 
 
 class StepLosses(Callback):
