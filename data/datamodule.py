@@ -34,6 +34,12 @@ def collate_videos(samples: list[VideoSample]) -> VideoBatch:
     }
 
 
+def renders_scenes(synthetic: str, train_manifest: object, train_cache: object) -> bool:
+    """Whether a data configuration renders procedural scenes: ``synthetic="scenes"`` with
+    neither manifests nor latent caches."""
+    return synthetic == "scenes" and train_manifest is None and train_cache is None
+
+
 def check_scenes(
     num_frames: int, frame_stride: int, target_fps: float | None, resolution: tuple[int, int]
 ) -> None:
@@ -53,8 +59,9 @@ class VideoDataModule(L.LightningDataModule):
     "moving shapes" set (once) under ``synthetic_root`` in :meth:`prepare_data`;
     ``synthetic="scenes"`` renders :class:`~data.scenes.ProceduralScenes` (textured objects,
     occlusion, camera pan and zoom) on the fly at exactly ``num_frames`` and ``resolution``.
-    With both caches set, batches are read from latent caches (``python -m vmoba.preprocess``): VAE posteriors and
-    caption embeddings instead of decoded videos (a :class:`~data.latent_cache.CachedBatch`).
+    With both caches set, batches are read from latent caches (``python -m vmoba.preprocess``):
+    VAE posteriors and caption embeddings instead of decoded videos (a
+    :class:`~data.latent_cache.CachedBatch`).
 
     Args:
         train_manifest: CSV or JSONL manifest of training clips (fields ``path``, ``caption``).
@@ -118,7 +125,7 @@ class VideoDataModule(L.LightningDataModule):
                 f"{train_manifest!r} and train_cache={train_cache!r}"
             )
         validate_clip_args(num_frames, frame_stride, resolution)
-        if synthetic == "scenes" and train_manifest is None and train_cache is None:
+        if renders_scenes(synthetic, train_manifest, train_cache):
             check_scenes(num_frames, frame_stride, target_fps, resolution)
         if synthetic_num_clips < 8:
             raise ValueError(f"synthetic_num_clips must be >= 8, got {synthetic_num_clips}")
@@ -199,9 +206,8 @@ class VideoDataModule(L.LightningDataModule):
 
     @property
     def _scenes(self) -> bool:
-        """Whether the clips are procedural scenes (no manifests, no cache)."""
-        no_files = self.train_manifest is None and self.train_cache is None
-        return no_files and self.synthetic == "scenes"
+        """Whether the clips are procedural scenes (:func:`renders_scenes`)."""
+        return renders_scenes(self.synthetic, self.train_manifest, self.train_cache)
 
     def _rendered(self, num_clips: int, split: str) -> ProceduralScenes:
         return ProceduralScenes(num_clips, self.num_frames, self.resolution, split)

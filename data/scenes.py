@@ -188,7 +188,8 @@ def render_scene(scene: Scene, num_frames: int, height: int, width: int) -> np.n
         top[inside] = number
         dark[inside] = _texture_mask(obj, lx[inside], ly[inside])
     shades = np.array([[PALETTE[o.colour], np.multiply(PALETTE[o.colour], 0.45)]
-                       for o in scene.objects], dtype=np.float32).reshape(-1, 2, 3)  # [objects, 2, 3]
+                       for o in scene.objects], dtype=np.float32)
+    shades = shades.reshape(-1, 2, 3)  # [objects, plain or dark, RGB], also with no objects
     painted = top > 0
     frames[painted] = shades[top[painted] - 1, dark[painted]]
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)

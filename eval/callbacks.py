@@ -1,5 +1,6 @@
-"""Lightning callbacks of the eval layer: ``main.py`` adds :class:`TestVideoMetrics` to every command
-(configured under ``test_metrics``); a config lists :class:`TrainingCurve` (the pre-training ones do)."""
+"""Lightning callbacks of the eval layer: ``main.py`` adds :class:`TestVideoMetrics` to every
+command (configured under ``test_metrics``); a config lists :class:`TrainingCurve` (the
+pre-training ones do)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval.callbacks import CURVE_FILE  # noqa: E402
 from eval.metrics import METRICS, Options  # noqa: E402
@@ -114,20 +114,18 @@ def fit(run: Run, steps: int, val_every: int, run_dir: Path, tiny: bool) -> None
         raise SweepError(f"{run.name}: python main.py fit exited with {result.returncode}")
 
 
-def block_parameters(run_dir: Path) -> int:
+def block_parameters(config: DictConfig) -> int:
     """Parameters of the transformer blocks of a run's DiT: Table 6's sizes, which count only
     the weight matrices (5.60M, 60.46M, 216.76M, 526.42M), are these without biases and norms."""
     from diffusers import WanTransformer3DModel
 
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").model.transformer)
     with torch.device("meta"):
-        model = WanTransformer3DModel(**config)
+        model = WanTransformer3DModel(**OmegaConf.to_container(config.model.transformer))
     return sum(p.numel() for p in model.blocks.parameters())
 
 
-def validation_settings(run_dir: Path) -> dict[str, int]:
+def validation_settings(config: DictConfig) -> dict[str, int]:
     """Held-out clips and timesteps per clip behind each validation loss of a run."""
-    config = OmegaConf.load(run_dir / "config.yaml")
     clips = int(config.trainer.limit_val_batches) * config.data.batch_size
     return dict(clips=clips, timesteps=config.model.val_timesteps)
 
@@ -151,14 +149,15 @@ def collect(run: Run, run_dir: Path, steps: int, full_dir: Path | None) -> dict:
     """A finished run's record: its curve, ``metrics.json`` numbers and sample scores."""
     curve = [json.loads(line) for line in (run_dir / CURVE_FILE).read_text().splitlines()]
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = OmegaConf.load(run_dir / "config.yaml")  # the run's resolved configuration
     return dict(
         size=run.size,
         tokens=run.tokens,
         attention=run.mode,
         run_dir=str(run_dir),
-        block_parameters=block_parameters(run_dir),
+        block_parameters=block_parameters(config),
         steps=steps,
-        validation=validation_settings(run_dir),
+        validation=validation_settings(config),
         final_val_loss=curve[-1]["val_loss"],
         median_step_s=metrics["median_step_s"],
         tokens_per_s=metrics["tokens_per_s"],
@@ -267,9 +266,9 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 4 * len(settings)), squeeze=False)
     for row, tokens in zip(axes, settings):
         for r in (r for r in records if r["tokens"] == tokens):
-            curve = r["curve"]
-            style = dict(color=colours[r["size"]], linestyle="-" if r["attention"] == "full"
-                         else "--", label=f"{r['size']} {'full' if r['attention'] == 'full' else 'VMoBA'}")
+            curve, full = r["curve"], r["attention"] == "full"
+            style = dict(color=colours[r["size"]], linestyle="-" if full else "--",
+                         label=f"{r['size']} {'full' if full else 'VMoBA'}")
             row[0].plot([c["step"] for c in curve], [c["val_loss"] for c in curve], **style)
             trained = [c for c in curve if c["train_tflops"] > 0]
             row[1].plot([c["train_tflops"] for c in trained], [c["val_loss"] for c in trained],

@@ -45,15 +45,15 @@ def fastest_per_kind(
     return None if None in best else best
 
 
-def results_header(command: str) -> dict[str, str]:
+def results_header(command: str, commit: str | None = None) -> dict[str, str]:
     """Provenance of a result file: the ``command`` that wrote it, today's date, the device,
-    torch's version and :func:`checkout_commit`."""
+    torch's version and ``commit`` (None: :func:`checkout_commit`)."""
     return dict(
         command=command,
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         torch=torch.__version__,
-        commit=checkout_commit(),
+        commit=checkout_commit() if commit is None else commit,
     )
 
 
@@ -65,9 +65,9 @@ def write_results(
     ``python -m module``, date, device, torch, commit, ``note``, then ``table``) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
-    header = results_header(f"python -m {module} {' '.join(sys.argv[1:])}")
+    header = results_header(f"python -m {module} {' '.join(sys.argv[1:])}", commit)
     (out_dir / f"{stem}.md").write_text(
         f"# {title}\n\nCommand: `{header['command']}`\n\n"
         f"Written by that command on {header['date']}: {header['device']}, torch "
-        f"{header['torch']}, commit `{commit}`.{' ' + note if note else ''}\n\n" + table
+        f"{header['torch']}, commit `{header['commit']}`.{' ' + note if note else ''}\n\n" + table
     )

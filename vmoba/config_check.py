@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from data.datamodule import check_scenes
+from data.datamodule import check_scenes, renders_scenes
 from data.manifest import read_manifest
 from data.video_dataset import BadVideoWarning, VideoClipDataset
 from vmoba.attention import LAYER_KINDS
@@ -136,7 +136,8 @@ def check_blocks(model: Any, data: Any) -> None:
 def check_synthetic(data: Any) -> None:
     """The clip settings of procedural scenes, when the run renders them."""
     data = _fields(data)
-    if data.get("synthetic") != "scenes" or data.get("train_manifest") or data.get("train_cache"):
+    files = data.get("train_manifest"), data.get("train_cache")
+    if not renders_scenes(data.get("synthetic"), *files):
         return
     try:
         check_scenes(data.get("num_frames", 8), data.get("frame_stride", 1),

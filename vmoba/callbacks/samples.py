@@ -61,7 +61,8 @@ class ValidationSamples(Callback):
     """After each validation (not the sanity check), samples ``model.num_samples`` videos (0: none)
     for the first captions of the first validation batch into ``<run dir>/samples/``, named by
     the step of the weights (``step000100_0_<caption>.mp4``), with the model's sampling
-    hyperparameters, at the run's precision (bf16 autocast under ``bf16-mixed``). Rank 0 samples; with sequence parallelism the rest of its group takes part.
+    hyperparameters, at the run's precision (bf16 autocast under ``bf16-mixed``). Rank 0
+    samples; with sequence parallelism the rest of its group takes part.
     """
 
     def __init__(self) -> None:
